@@ -1,0 +1,138 @@
+"""The command line: LightningCLI with this project's defaults, and resume that does what it says.
+
+    python train.py                         # == python train.py fit, with the defaults below
+    python train.py --ckpt_path last        # resume the newest run, in its own version_N
+    python train.py test --ckpt_path PATH   # evaluate; writes test_metrics.json into PATH's run
+
+Lightning traps this file designs around:
+- `ckpt_path="last"` looks in the *new* run's empty checkpoint folder and silently trains from
+  scratch. Here "last" is resolved to the newest `last.ckpt` under the log folder, or it fails.
+- An auto-versioned logger opens a new `version_N` on resume. Here the logger is pinned to the
+  checkpoint's own run directory, so curves continue where they stopped.
+- `SaveConfigCallback` refuses to overwrite `config.yaml` on resume. Here a resumed fit rewrites
+  it (the hyperparameters come from the checkpoint, so it still describes the run) and other
+  subcommands save `<subcommand>_config.yaml` beside it.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from vae.callbacks import HParamsWithMetrics, ImageGrids, TestMetricsJSON
+from vae.data import MNISTDataModule
+from vae.module import VAEModule
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LOGS_DIR = "lightning_logs"
+
+
+class CheckpointError(SystemExit):
+    """A bad `--ckpt_path`, reported before any run directory is created."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+
+
+def checkpoint_callback() -> ModelCheckpoint:
+    """Keep the best epoch by validation loss, and `last.ckpt` to resume from."""
+    return ModelCheckpoint(
+        monitor="val/loss", mode="min", save_last=True, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False
+    )
+
+
+def find_last_checkpoint(logs_dir: Path) -> Path:
+    """The most recently written `last.ckpt` of any run under `logs_dir`."""
+    candidates = sorted(logs_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(
+            f"--ckpt_path last: there is no run with a checkpoints/last.ckpt under {logs_dir}/, so there is "
+            "nothing to resume. Start a new run without --ckpt_path, or pass the path of a .ckpt file."
+        )
+    return candidates[-1]
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail now, with a useful message, rather than after a run directory has been made."""
+    if not path.is_file():
+        raise CheckpointError(
+            f"--ckpt_path {path} does not exist. Pass an existing .ckpt file, or `last` to resume the newest run "
+            f"under {LOGS_DIR}/."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, not a pickle, or a pickle that needs arbitrary code
+        raise CheckpointError(
+            f"--ckpt_path {path} cannot be loaded as a Lightning checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}). It may be truncated or not a checkpoint; checkpoints are loaded with "
+            "weights_only=True, so files that need arbitrary code to unpickle are refused. Use another "
+            "checkpoint, e.g. a best-*.ckpt from the same run."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict).")
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """`<logs>/version_N` for a checkpoint saved by this project in `<logs>/version_N/checkpoints/`."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """`config.yaml` for fit (rewritten on resume); `<subcommand>_config.yaml` for the others."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            self.config_filename = f"{trainer.state.fn.value}_config.yaml"
+        super().setup(trainer, pl_module, stage)
+
+
+class VAECLI(LightningCLI):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(
+            VAEModule,
+            MNISTDataModule,
+            save_config_callback=SaveRunConfig,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            trainer_defaults={
+                "max_epochs": 30,
+                "accelerator": "auto",
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": ".", "name": LOGS_DIR, "default_hp_metric": False},
+                },
+                "callbacks": [checkpoint_callback(), ImageGrids(), HParamsWithMetrics(), TestMetricsJSON()],
+            },
+            **kwargs,
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """After parsing, before anything is built: resolve and check `--ckpt_path`, pin the logger."""
+        super().parse_arguments(parser, args)
+        if not self.config.get("subcommand"):
+            return
+        config = self.config[self.config.subcommand]
+        if config.get("ckpt_path") is None:
+            return
+        logger = config.trainer.logger
+        logger_args = logger.init_args if hasattr(logger, "init_args") else None
+        if config.ckpt_path == "last":
+            if logger_args is None:
+                raise CheckpointError("--ckpt_path last needs a logger to know where runs are; pass a .ckpt path.")
+            config.ckpt_path = str(find_last_checkpoint(Path(logger_args.save_dir) / (logger_args.name or "")))
+            print(f"Resuming from {config.ckpt_path}", file=sys.stderr)
+        checkpoint = Path(config.ckpt_path)
+        check_checkpoint(checkpoint)
+        run_dir = run_dir_of(checkpoint)
+        if run_dir is not None and logger_args is not None and "version" in logger_args:
+            logger_args.save_dir, logger_args.name, logger_args.version = str(run_dir.parent), "", run_dir.name
+
+
+def main() -> None:
+    """`python train.py ARGS`: a bare `python train.py [--options]` means `fit`."""
+    if len(sys.argv) == 1 or sys.argv[1] not in (*SUBCOMMANDS, "-h", "--help"):
+        sys.argv.insert(1, "fit")
+    VAECLI()

@@ -1,0 +1,109 @@
+"""MNIST as a LightningDataModule: the whole set in memory as uint8, batches as index slices.
+
+A VAE on MNIST is small enough that per-image work (PIL, ToTensor, worker processes) costs more
+than the network. Here the 70,000 images are read once into a (N, 28, 28) uint8 tensor; a batch
+is one fancy-index into it. The uint8 batch travels to the device (4x fewer bytes than float)
+and only there becomes float in [0, 1], in `on_after_batch_transfer`.
+
+The loaders are ordinary `DataLoader`s over a map-style dataset, so Lightning can swap in a
+`DistributedSampler` under DDP.
+"""
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from vae.mnist_files import ensure_mnist, raw_dir, read_idx
+
+MNIST_TRAIN_SIZE = 60_000
+
+
+class InMemoryMNIST(Dataset):
+    """Images and labels held as tensors; `__getitems__` serves a whole batch in one slice."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+def _already_a_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`__getitems__` returns a finished batch; there is nothing left to collate."""
+    return batch
+
+
+class MNISTDataModule(LightningDataModule):
+    """MNIST: train 55,000 / val 5,000 (a fixed random split of the official 60,000) / test 10,000.
+
+    Args:
+        data_dir: folder that holds (or will hold) `MNIST/raw/*-ubyte`, torchvision's layout.
+        batch_size: images per batch, per device.
+        val_size: images held out of the official training set for validation.
+        split_seed: seed of the train/val split; fixed so every run validates on the same images.
+    """
+
+    def __init__(
+        self, data_dir: str = "data", batch_size: int = 128, val_size: int = 5_000, split_seed: int = 0
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"--data.batch_size must be a positive number of images, got {batch_size}.")
+        if not 0 < val_size < MNIST_TRAIN_SIZE:
+            raise ValueError(
+                f"--data.val_size must be between 1 and {MNIST_TRAIN_SIZE - 1} (the validation images are "
+                f"taken from MNIST's {MNIST_TRAIN_SIZE} training images), got {val_size}."
+            )
+        self.save_hyperparameters()
+        self.data_dir, self.batch_size = Path(data_dir), batch_size
+        self.val_size, self.split_seed = val_size, split_seed
+        self.train_set: InMemoryMNIST | None = None
+
+    def prepare_data(self) -> None:
+        """Runs once per machine (rank 0): find or fetch the files, checked by MD5."""
+        ensure_mnist(self.data_dir)
+
+    def setup(self, stage: str) -> None:
+        if self.train_set is not None:
+            return
+        folder = raw_dir(self.data_dir)
+        images, labels = read_idx(folder / "train-images-idx3-ubyte"), read_idx(folder / "train-labels-idx1-ubyte")
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
+        val, train = order[: self.val_size], order[self.val_size :]
+        self.train_set = InMemoryMNIST(images[train], labels[train])
+        self.val_set = InMemoryMNIST(images[val], labels[val])
+        self.test_set = InMemoryMNIST(
+            read_idx(folder / "t10k-images-idx3-ubyte"), read_idx(folder / "t10k-labels-idx1-ubyte")
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def _loader(self, dataset: InMemoryMNIST, shuffle: bool = False) -> DataLoader:
+        # No workers: slicing a tensor in memory is faster than any inter-process hand-off.
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_already_a_batch)
+
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, 28, 28) on the device -> float (B, 1, 28, 28) in [0, 1]."""
+        images, labels = batch
+        return images.unsqueeze(1).float().div_(255), labels

