@@ -17,67 +17,16 @@ Lightning traps this file designs around:
 import sys
 from pathlib import Path
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from vae.callbacks import HParamsWithMetrics, ImageGrids, TestMetricsJSON
+from vae.checkpoints import CheckpointError, RunCheckpoint, check_checkpoint, find_last_checkpoint, run_dir_of
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGS_DIR = "lightning_logs"
-
-
-class CheckpointError(SystemExit):
-    """A bad `--ckpt_path`, reported before any run directory is created."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"error: {message}")
-
-
-def checkpoint_callback() -> ModelCheckpoint:
-    """Keep the best epoch by validation loss, and `last.ckpt` to resume from."""
-    return ModelCheckpoint(
-        monitor="val/loss", mode="min", save_last=True, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False
-    )
-
-
-def find_last_checkpoint(logs_dir: Path) -> Path:
-    """The most recently written `last.ckpt` of any run under `logs_dir`."""
-    candidates = sorted(logs_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise CheckpointError(
-            f"--ckpt_path last: there is no run with a checkpoints/last.ckpt under {logs_dir}/, so there is "
-            "nothing to resume. Start a new run without --ckpt_path, or pass the path of a .ckpt file."
-        )
-    return candidates[-1]
-
-
-def check_checkpoint(path: Path) -> None:
-    """Fail now, with a useful message, rather than after a run directory has been made."""
-    if not path.is_file():
-        raise CheckpointError(
-            f"--ckpt_path {path} does not exist. Pass an existing .ckpt file, or `last` to resume the newest run "
-            f"under {LOGS_DIR}/."
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, not a pickle, or a pickle that needs arbitrary code
-        raise CheckpointError(
-            f"--ckpt_path {path} cannot be loaded as a Lightning checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0]}). It may be truncated or not a checkpoint; checkpoints are loaded with "
-            "weights_only=True, so files that need arbitrary code to unpickle are refused. Use another "
-            "checkpoint, e.g. a best-*.ckpt from the same run."
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict).")
-
-
-def run_dir_of(checkpoint: Path) -> Path | None:
-    """`<logs>/version_N` for a checkpoint saved by this project in `<logs>/version_N/checkpoints/`."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -104,7 +53,7 @@ class VAECLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": ".", "name": LOGS_DIR, "default_hp_metric": False},
                 },
-                "callbacks": [checkpoint_callback(), ImageGrids(), HParamsWithMetrics(), TestMetricsJSON()],
+                "callbacks": [RunCheckpoint(), ImageGrids(), HParamsWithMetrics(), TestMetricsJSON()],
             },
             **kwargs,
         )
