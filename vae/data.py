@@ -17,8 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from vae.mnist_files import ensure_mnist, raw_dir, read_idx
 
-MNIST_TRAIN_SIZE = 60_000
-
 
 class InMemoryMNIST(Dataset):
     """Images and labels held as tensors; `__getitems__` serves a whole batch in one slice."""
@@ -58,11 +56,8 @@ class MNISTDataModule(LightningDataModule):
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"--data.batch_size must be a positive number of images, got {batch_size}.")
-        if not 0 < val_size < MNIST_TRAIN_SIZE:
-            raise ValueError(
-                f"--data.val_size must be between 1 and {MNIST_TRAIN_SIZE - 1} (the validation images are "
-                f"taken from MNIST's {MNIST_TRAIN_SIZE} training images), got {val_size}."
-            )
+        if val_size <= 0:
+            raise ValueError(f"--data.val_size must be a positive number of images, got {val_size}.")
         self.save_hyperparameters()
         self.data_dir, self.batch_size = Path(data_dir), batch_size
         self.val_size, self.split_seed = val_size, split_seed
@@ -77,6 +72,11 @@ class MNISTDataModule(LightningDataModule):
             return
         folder = raw_dir(self.data_dir)
         images, labels = read_idx(folder / "train-images-idx3-ubyte"), read_idx(folder / "train-labels-idx1-ubyte")
+        if not self.val_size < len(labels):
+            raise ValueError(
+                f"--data.val_size {self.val_size} leaves no training images: the validation images are taken "
+                f"from the {len(labels)} training images in {folder}. Use a smaller --data.val_size."
+            )
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size], order[self.val_size :]
         self.train_set = InMemoryMNIST(images[train], labels[train])

@@ -68,7 +68,7 @@ class VAEModule(LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, _ = batch
-        for term, values in zip(TERMS, negative_elbo(*self._pass(x))):
+        for term, values in zip(TERMS, negative_elbo(*self._pass(x)), strict=True):
             metric = self.metrics[stage][term]
             metric.update(values)
             self.log(f"{stage}/{term}", metric, prog_bar=term == "loss")

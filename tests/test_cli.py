@@ -1,0 +1,128 @@
+"""The command line as a user drives it: fit, resume, test, and the mistakes it must catch early."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from vae.checkpoints import CheckpointError
+from vae.cli import VAECLI
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, data_dir: Path) -> VAECLI:
+    """`python train.py ARGS` in-process, small and quiet, on the synthetic data."""
+    subcommand, *rest = args
+    fast = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"]
+    fast = [*fast, "--trainer.log_every_n_steps", "1"] if subcommand == "fit" else []
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    common = ["--data.data_dir", str(data_dir), "--data.val_size", "64", "--data.batch_size", "32"]
+    small = ["--model.hidden_dim", "32", "--model.latent_dim", "4"] if "--ckpt_path" not in rest else []
+    return VAECLI(args=[subcommand, *common, *small, *fast, *quiet, *rest])
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def events(run_dir: Path) -> tuple[set[str], set[str]]:
+    scalars, images = set(), set()
+    for f in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f), size_guidance={"images": 0})
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+        images |= set(acc.Tags()["images"])
+    return scalars, images
+
+
+def test_fit_makes_a_run_with_logs_images_config_and_checkpoints(in_tmp, data_dir):
+    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+    run = in_tmp / "lightning_logs" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert [p.name for p in (run / "checkpoints").glob("best-*.ckpt")] == ["best-epoch000.ckpt"]
+    assert "max_epochs: 1" in (run / "config.yaml").read_text()
+    scalars, images = events(run)
+    assert {"train/loss", "val/loss", "val/recon", "val/kl"} <= scalars
+    assert images == {"val/reconstructions", "samples/prior"}
+
+
+def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):
+    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+    first = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
+
+    assert [p.name for p in (in_tmp / "lightning_logs").iterdir()] == ["version_0"]  # no new version
+    assert Path(cli.trainer.log_dir).resolve() == in_tmp / "lightning_logs" / "version_0"
+    last = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert (first["epoch"], first["global_step"]) == (0, 3)
+    assert (last["epoch"], last["global_step"]) == (1, 6)
+    # one best and one last: no stale best, no `last-v1.ckpt` beside `last.ckpt`
+    names = sorted(p.name for p in (in_tmp / "lightning_logs/version_0/checkpoints").iterdir())
+    assert len(names) == 2 and names[0].startswith("best-epoch") and names[1] == "last.ckpt"
+    # the resumed run kept the architecture of the checkpoint, not the CLI defaults
+    assert cli.model.hparams.hidden_dim == 32
+
+
+def test_resume_from_an_explicit_checkpoint_logs_into_its_run(in_tmp, data_dir):
+    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)  # version_1, the newest
+    ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
+    cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt), data_dir=data_dir)
+    assert Path(cli.trainer.log_dir).resolve() == in_tmp / "lightning_logs" / "version_0"
+    assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+
+
+def test_test_subcommand_writes_json_into_the_checkpoints_run(in_tmp, data_dir):
+    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+    ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
+    run_cli("test", "--ckpt_path", str(ckpt), data_dir=data_dir)
+    record = json.loads((in_tmp / "lightning_logs/version_0/test_metrics.json").read_text())
+    assert set(record["metrics"]) == {"test/loss", "test/recon", "test/kl"}
+    metrics = record["metrics"]
+    assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], rel=1e-5)
+    assert record["ckpt_path"] == str(ckpt)
+    assert (in_tmp / "lightning_logs/version_0/config.yaml").is_file()  # the fit config is not overwritten
+    assert (in_tmp / "lightning_logs/version_0/test_config.yaml").is_file()
+    assert not (in_tmp / "lightning_logs/version_1").exists()
+
+
+def test_resume_last_with_no_runs_fails_loudly_and_creates_nothing(in_tmp, data_dir):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        run_cli("fit", "--ckpt_path", "last", data_dir=data_dir)
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint", "truncated"])
+def test_bad_ckpt_path_is_reported_before_a_run_directory_exists(in_tmp, data_dir, content):
+    path = in_tmp / "model.ckpt"
+    if content == "truncated":
+        run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+        good = (in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt").read_bytes()
+        path.write_bytes(good[: len(good) // 2])
+    elif content is not None:
+        path.write_bytes(content)
+    before = sorted((in_tmp / "lightning_logs").glob("*")) if (in_tmp / "lightning_logs").exists() else []
+    with pytest.raises(CheckpointError, match="--ckpt_path"):
+        run_cli("fit", "--ckpt_path", str(path), data_dir=data_dir)
+    after = sorted((in_tmp / "lightning_logs").glob("*")) if (in_tmp / "lightning_logs").exists() else []
+    assert after == before
+
+
+def test_train_py_defaults_to_fit_and_prints_its_config():
+    out = subprocess.run(
+        [sys.executable, "train.py", "--print_config"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert "max_epochs: 30" in out and "hidden_dim: 512" in out and "latent_dim: 20" in out
+    assert "TensorBoardLogger" in out and "batch_size: 128" in out
+
+
+def test_train_py_help_lists_the_subcommands():
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True).stdout
+    assert all(name in out for name in ("fit", "validate", "test", "predict"))

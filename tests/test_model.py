@@ -1,0 +1,39 @@
+import torch
+
+from vae.model import VAE
+
+
+def test_shapes_follow_hidden_and_latent_dims():
+    model = VAE(hidden_dim=64, latent_dim=7)
+    x = torch.rand(5, 1, 28, 28)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (5, 7)
+    assert model.decode(mu).shape == (5, 1, 28, 28)
+    logits, mu2, logvar2 = model(x)
+    assert logits.shape == (5, 1, 28, 28) and mu2.shape == (5, 7)
+    assert model.encoder[1].out_features == 64
+
+
+def test_default_is_the_classic_784_512_20_network():
+    model = VAE()
+    assert (model.encoder[1].in_features, model.encoder[1].out_features, model.latent_dim) == (784, 512, 20)
+    encoder = 784 * 512 + 512 + 2 * (512 * 20 + 20)
+    decoder = 20 * 512 + 512 + 512 * 784 + 784
+    assert sum(p.numel() for p in model.parameters()) == encoder + decoder
+
+
+def test_reparameterisation_is_differentiable_and_follows_q():
+    mu = torch.full((20000, 2), 3.0, requires_grad=True)
+    logvar = torch.full((20000, 2), 2 * torch.log(torch.tensor(0.5)).item(), requires_grad=True)
+    z = VAE.reparameterize(mu, logvar)
+    z.sum().backward()
+    assert mu.grad is not None and logvar.grad is not None
+    assert abs(z.mean().item() - 3.0) < 0.02 and abs(z.std().item() - 0.5) < 0.02
+
+
+def test_sample_gives_pixel_means_and_is_reproducible_with_a_generator():
+    model = VAE(hidden_dim=32, latent_dim=4)
+    a = model.sample(6, generator=torch.Generator().manual_seed(0))
+    b = model.sample(6, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (6, 1, 28, 28) and 0 <= a.min() and a.max() <= 1
+    torch.testing.assert_close(a, b)
