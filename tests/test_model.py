@@ -37,3 +37,13 @@ def test_sample_gives_pixel_means_and_is_reproducible_with_a_generator():
     b = model.sample(6, generator=torch.Generator().manual_seed(0))
     assert a.shape == (6, 1, 28, 28) and 0 <= a.min() and a.max() <= 1
     torch.testing.assert_close(a, b)
+
+
+def test_output_bias_starts_at_the_pixel_means():
+    model = VAE(hidden_dim=16, latent_dim=2)
+    pixel_mean = torch.rand(1, 28, 28) * 0.9 + 0.05
+    model.init_output_bias(pixel_mean)
+    with torch.no_grad():
+        for layer in (model.decoder[0], model.decoder[2]):
+            layer.weight.zero_()
+    torch.testing.assert_close(model.sample(3), pixel_mean.expand(3, 1, 28, 28))

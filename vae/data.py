@@ -85,6 +85,10 @@ class MNISTDataModule(LightningDataModule):
             read_idx(folder / "t10k-images-idx3-ubyte"), read_idx(folder / "t10k-labels-idx1-ubyte")
         )
 
+    def pixel_mean(self) -> torch.Tensor:
+        """Mean of each pixel over the training images, in [0, 1], (1, 28, 28)."""
+        return self.train_set.images.float().mean(0, keepdim=True) / 255
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 

@@ -49,6 +49,16 @@ class VAE(nn.Module):
         return self.decode(self.reparameterize(mu, logvar)), mu, logvar
 
     @torch.no_grad()
+    def init_output_bias(self, pixel_mean: torch.Tensor) -> None:
+        """Start the decoder at the data's marginal: sigmoid(bias) = mean of each pixel.
+
+        Before any learning, every reconstruction is then the average digit rather than grey
+        noise, which removes the first epoch's detour (Burda et al. 2015 initialise this way).
+        """
+        eps = 1.0 / 255
+        self.decoder[-2].bias.copy_(torch.logit(pixel_mean.clamp(eps, 1 - eps)).flatten())
+
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior, as pixel means in [0, 1], (n, 1, 28, 28)."""
         device = next(self.parameters()).device

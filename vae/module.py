@@ -23,9 +23,14 @@ class VAEModule(LightningModule):
         hidden_dim: width of the encoder's and the decoder's hidden layer.
         latent_dim: dimensions of z.
         lr: Adam's learning rate.
+        init_output_bias: start the decoder's output bias at the logit of each pixel's mean over the
+            training images (taken from the datamodule's `pixel_mean()`); a checkpoint's weights,
+            when resuming, replace it.
     """
 
-    def __init__(self, hidden_dim: int = 512, latent_dim: int = 20, lr: float = 1e-3) -> None:
+    def __init__(
+        self, hidden_dim: int = 512, latent_dim: int = 20, lr: float = 1e-3, init_output_bias: bool = True
+    ) -> None:
         super().__init__()
         for name, value in (("hidden_dim", hidden_dim), ("latent_dim", latent_dim), ("lr", lr)):
             if not value > 0:
@@ -35,6 +40,12 @@ class VAEModule(LightningModule):
         self.metrics = nn.ModuleDict(
             {stage: nn.ModuleDict({term: MeanMetric() for term in TERMS}) for stage in ("val", "test")}
         )
+
+    def setup(self, stage: str) -> None:
+        # Runs after the datamodule's setup and before a checkpoint is restored.
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and self.hparams.init_output_bias and hasattr(datamodule, "pixel_mean"):
+            self.model.init_output_bias(datamodule.pixel_mean())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model(x)
