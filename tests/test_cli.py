@@ -126,3 +126,11 @@ def test_train_py_defaults_to_fit_and_prints_its_config():
 def test_train_py_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True).stdout
     assert all(name in out for name in ("fit", "validate", "test", "predict"))
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        VAECLI(args=["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    assert "hidden_dim" in capsys.readouterr().out
