@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from vae.callbacks import HParamsWithMetrics, ImageGrids, TestMetricsJSON
@@ -27,6 +28,7 @@ from vae.module import VAEModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGS_DIR = "lightning_logs"
+PROGRESS_BAR_REFRESH_STEPS = 10
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -53,7 +55,14 @@ class VAECLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": ".", "name": LOGS_DIR, "default_hp_metric": False},
                 },
-                "callbacks": [RunCheckpoint(), ImageGrids(), HParamsWithMetrics(), TestMetricsJSON()],
+                "callbacks": [
+                    RunCheckpoint(),
+                    ImageGrids(),
+                    HParamsWithMetrics(),
+                    TestMetricsJSON(),
+                    # redrawing the bar every step costs more than a step of this small network
+                    TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS),
+                ],
             },
             **kwargs,
         )
@@ -78,6 +87,14 @@ class VAECLI(LightningCLI):
         run_dir = run_dir_of(checkpoint)
         if run_dir is not None and logger_args is not None and "version" in logger_args:
             logger_args.save_dir, logger_args.name, logger_args.version = str(run_dir.parent), "", run_dir.name
+
+
+    def before_instantiate_classes(self) -> None:
+        """`--trainer.enable_progress_bar false` must win over the default progress bar callback."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.enable_progress_bar is False:
+            callbacks = self.trainer_defaults["callbacks"]
+            self.trainer_defaults["callbacks"] = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
 
 
 def main() -> None:

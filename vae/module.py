@@ -54,7 +54,7 @@ class VAEModule(LightningModule):
         x, _ = batch
         loss, _, _ = negative_elbo(*self._pass(x))
         loss = loss.mean()
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(x))  # a given batch_size saves a search
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -70,7 +70,8 @@ class VAEModule(LightningModule):
         return {"mu": mu, "logvar": logvar, "label": labels}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        # fused: one kernel for all parameters instead of ~10 small ops per tensor; same maths
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
 
     def _pass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Arguments of `negative_elbo` for one stochastic pass over x."""
@@ -82,4 +83,4 @@ class VAEModule(LightningModule):
         for term, values in zip(TERMS, negative_elbo(*self._pass(x)), strict=True):
             metric = self.metrics[stage][term]
             metric.update(values)
-            self.log(f"{stage}/{term}", metric, prog_bar=term == "loss")
+            self.log(f"{stage}/{term}", metric, prog_bar=term == "loss", batch_size=len(x))
