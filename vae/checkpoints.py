@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class CheckpointError(SystemExit):
@@ -51,6 +52,33 @@ class RunCheckpoint(ModelCheckpoint):
                 "best_k_models": {respell(k): v for k, v in state_dict.get("best_k_models", {}).items()},
             }
         super().load_state_dict(state_dict)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Writes checkpoints so a kill never leaves a half-written file; reads them without running code.
+
+    Saving goes to a hidden temporary file in the same folder, is flushed to disk, then renamed
+    over the old file (a rename within a folder is atomic), so `last.ckpt` is always the previous
+    complete checkpoint or the new complete one. (Lightning's own save stages the file in the
+    system temp folder, which is a copy, not a rename, when that is another file system.)
+    Loading always uses `weights_only=True`: a crafted pickle cannot execute anything.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with open(partial, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 def find_last_checkpoint(logs_dir: Path) -> Path:

@@ -22,7 +22,13 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from vae.callbacks import HParamsWithMetrics, ImageGrids, TestMetricsJSON
-from vae.checkpoints import CheckpointError, RunCheckpoint, check_checkpoint, find_last_checkpoint, run_dir_of
+from vae.checkpoints import (
+    CheckpointError,
+    RunCheckpoint,
+    check_checkpoint,
+    find_last_checkpoint,
+    run_dir_of,
+)
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
 
@@ -51,6 +57,7 @@ class VAECLI(LightningCLI):
             trainer_defaults={
                 "max_epochs": 30,
                 "accelerator": "auto",
+                "plugins": [{"class_path": "vae.checkpoints.SafeCheckpointIO"}],
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": ".", "name": LOGS_DIR, "default_hp_metric": False},
