@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from tests.test_cli import run_cli
+from vae.callbacks import NonFiniteLossError
 from vae.checkpoints import CheckpointError, SafeCheckpointIO
+from vae.module import VAEModule
 
 
 class CreatesAFileWhenUnpickled:
@@ -63,3 +65,21 @@ def test_the_trainer_saves_and_loads_through_the_safe_io(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     cli = run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(tmp_path, monkeypatch, data_dir):
+    monkeypatch.chdir(tmp_path)
+    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    before = last.read_bytes()
+
+    original = VAEModule.training_step
+
+    def diverges_at_batch_1(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if batch_idx == 1 else loss
+
+    monkeypatch.setattr(VAEModule, "training_step", diverges_at_batch_1)
+    with pytest.raises(NonFiniteLossError, match=r"nan at global step 4 .*last good checkpoint is .*last\.ckpt"):
+        run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
+    assert last.read_bytes() == before

@@ -1,6 +1,7 @@
-"""What a person looks at: image grids and the HPARAMS tab in TensorBoard, test metrics as JSON.
+"""What a person looks at: image grids and the HPARAMS tab in TensorBoard, test metrics as JSON;
+and the guard that stops a run whose loss stopped being a number.
 
-All of these write from global rank 0 only, never during the sanity-check pass, and never on
+The writers write from global rank 0 only, never during the sanity-check pass, and never on
 the training hot path (they run once per validation epoch, or at the start/end of a stage).
 """
 
@@ -102,3 +103,26 @@ class TestMetricsJSON(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2, default=str) + "\n")
         print(f"Test metrics written to {path}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops training at the first NaN/inf loss, before it reaches the weights or a checkpoint.
+
+    Checks every step, before the backward pass: on the CPU that costs nothing; on a GPU it is one
+    host sync per step, the price of naming the exact step. The last checkpoint stays as it was.
+    """
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+            raise NonFiniteLossError(
+                f"The training loss became {loss.item()} at global step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}); training stopped before the step and nothing was saved after it. "
+                + (f"The last good checkpoint is {checkpoint}: resume from it with a lower --model.lr, "
+                   if checkpoint else "No checkpoint had been written yet: restart with a lower --model.lr, ")
+                + "or look for bad input data."
+            )

@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from vae.callbacks import HParamsWithMetrics, ImageGrids, TestMetricsJSON
+from vae.callbacks import HParamsWithMetrics, ImageGrids, StopOnNonFiniteLoss, TestMetricsJSON
 from vae.checkpoints import (
     CheckpointError,
     RunCheckpoint,
@@ -67,6 +67,7 @@ class VAECLI(LightningCLI):
                     ImageGrids(),
                     HParamsWithMetrics(),
                     TestMetricsJSON(),
+                    StopOnNonFiniteLoss(),
                     # redrawing the bar every step costs more than a step of this small network
                     TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS),
                 ],
