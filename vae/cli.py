@@ -63,7 +63,6 @@ class VAECLI(LightningCLI):
                     "init_args": {"save_dir": ".", "name": LOGS_DIR, "default_hp_metric": False},
                 },
                 "callbacks": [
-                    RunCheckpoint(),
                     ImageGrids(),
                     HParamsWithMetrics(),
                     TestMetricsJSON(),
@@ -74,6 +73,10 @@ class VAECLI(LightningCLI):
             },
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # configurable as --checkpoint.*, e.g. --checkpoint.save_last_every_n_steps 500
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """After parsing, before anything is built: resolve and check `--ckpt_path`, pin the logger."""

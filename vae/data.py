@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from vae.mnist_files import ensure_mnist, raw_dir, read_idx
+from vae.resumable import ResumableDataLoader, ResumableSampler
 
 
 class InMemoryMNIST(Dataset):
@@ -90,7 +91,9 @@ class MNISTDataModule(LightningDataModule):
         return self.train_set.images.float().mean(0, keepdim=True) / 255
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        # Shuffled by (run seed, epoch) and resumable mid-epoch: a resumed run sees the same batches.
+        sampler = ResumableSampler(len(self.train_set), seed=torch.initial_seed())
+        return ResumableDataLoader(self.train_set, sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
@@ -101,9 +104,14 @@ class MNISTDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)
 
-    def _loader(self, dataset: InMemoryMNIST, shuffle: bool = False) -> DataLoader:
-        # No workers: slicing a tensor in memory is faster than any inter-process hand-off.
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_already_a_batch)
+    def _loader(self, dataset: InMemoryMNIST) -> DataLoader:
+        return DataLoader(dataset, **self._loader_options())
+
+    def _loader_options(self) -> dict:
+        # No workers: slicing a tensor in memory beats any inter-process hand-off. A private
+        # generator: otherwise every new iterator draws a worker seed from the global RNG, and a
+        # resumed run (which opens one more iterator) would draw different noise from then on.
+        return {"batch_size": self.batch_size, "collate_fn": _already_a_batch, "generator": torch.Generator()}
 
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int

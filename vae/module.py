@@ -47,6 +47,19 @@ class VAEModule(LightningModule):
         if stage == "fit" and self.hparams.init_output_bias and hasattr(datamodule, "pixel_mean"):
             self.model.init_output_bias(datamodule.pixel_mean())
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The random state that draws the reparameterisation noise decides the future, so it is saved."""
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model(x)
 
