@@ -44,8 +44,7 @@ def files() -> dict[str, bytes]:
     return synthetic_files()
 
 
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> None:
+def make_hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> None:
     """The synthetic files are the ones whose checksums count; any attempt to fetch fails the test."""
     monkeypatch.setattr(mnist_files, "MD5", {n: hashlib.md5(b).hexdigest() for n, b in files.items()})
 
@@ -55,11 +54,20 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> None:
     monkeypatch.setattr(mnist_files, "FETCHERS", (no_network,))
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, files: dict[str, bytes]) -> Path:
+def write_data_dir(root: Path, files: dict[str, bytes]) -> Path:
     """A data folder with the four synthetic files in torchvision's layout."""
-    raw = mnist_files.raw_dir(tmp_path / "data")
+    raw = mnist_files.raw_dir(root / "data")
     raw.mkdir(parents=True)
     for name, content in files.items():
         (raw / name).write_bytes(content)
-    return tmp_path / "data"
+    return root / "data"
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> None:
+    make_hermetic(monkeypatch, files)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    return write_data_dir(tmp_path, files)

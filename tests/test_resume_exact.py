@@ -4,6 +4,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from tests.conftest import make_hermetic, write_data_dir
 from tests.test_cli import run_cli
 
 
@@ -19,6 +20,7 @@ class CrashAtStep(Callback):
 
 
 def train(tmp, monkeypatch, data_dir, *extra: str) -> None:
+    tmp.mkdir(exist_ok=True)
     monkeypatch.chdir(tmp)
     args = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1.0", "--trainer.limit_val_batches", "1.0"]
     run_cli("fit", *args, "--checkpoint.save_last_every_n_steps", "5", *extra, data_dir=data_dir)
@@ -28,10 +30,18 @@ def final_state(tmp) -> dict:
     return torch.load(tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, files) -> dict:
+    """The reference: the same run, never interrupted (trained once for all the crash points)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        make_hermetic(monkeypatch, files)
+        train(tmp / "a", monkeypatch, write_data_dir(tmp, files))
+    return final_state(tmp / "a")
+
+
 @pytest.mark.parametrize("crash_step", [7, 18, 23])  # mid epoch 1; the last step of epoch 1; mid epoch 2
-def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch, data_dir, crash_step):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    train(tmp_path / "a", monkeypatch, data_dir)
+def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch, data_dir, uninterrupted, crash_step):
 
     crash = "--trainer.callbacks+=tests.test_resume_exact.CrashAtStep"
     # (the CLI imports this module under another name, so its classes are not ours: match the message)
@@ -41,7 +51,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch, data_dir, 
     assert interrupted["global_step"] < crash_step  # the crash really lost work that had to be redone
     train(tmp_path / "b", monkeypatch, data_dir, "--ckpt_path", "last")
 
-    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    a, b = uninterrupted, final_state(tmp_path / "b")
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 36)
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
