@@ -115,6 +115,18 @@ def test_bad_ckpt_path_is_reported_before_a_run_directory_exists(in_tmp, data_di
     assert after == before
 
 
+@pytest.mark.parametrize(
+    "option",
+    ["--model.latent_dim=0", "--model.hidden_dim=-5", "--model.lr=0", "--data.batch_size=0", "--data.val_size=60000"],
+)
+def test_invalid_options_stop_with_one_line_naming_the_option_before_any_run_exists(in_tmp, data_dir, option):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("fit", option, data_dir=data_dir)
+    message = str(exit_.value.code)
+    assert message.startswith("error: " + option.split("=")[0]) and "\n" not in message
+    assert not (in_tmp / "lightning_logs").exists()
+
+
 def test_train_py_defaults_to_fit_and_prints_its_config():
     out = subprocess.run(
         [sys.executable, "train.py", "--print_config"], cwd=REPO, capture_output=True, text=True, check=True

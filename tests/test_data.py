@@ -120,6 +120,8 @@ def test_invalid_options_name_the_option(kwargs, option):
 
 
 def test_val_size_larger_than_the_data_is_refused(data_dir):
-    dm = MNISTDataModule(data_dir=str(data_dir), val_size=TRAIN_SIZE)
+    with pytest.raises(ValueError, match="--data.val_size"):
+        MNISTDataModule(val_size=60_000)
+    dm = MNISTDataModule(data_dir=str(data_dir), val_size=TRAIN_SIZE)  # fine for MNIST, not for these files
     with pytest.raises(ValueError, match="--data.val_size"):
         dm.setup("fit")

@@ -108,6 +108,14 @@ class VAECLI(LightningCLI):
             self.trainer_defaults["callbacks"] = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
 
 
+    def instantiate_classes(self) -> None:
+        """A constructor that rejects its options says why in one line, not in a traceback."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+
+
 def main() -> None:
     """`python train.py ARGS`: a bare `python train.py [--options]` means `fit`."""
     if len(sys.argv) == 1 or sys.argv[1] not in (*SUBCOMMANDS, "-h", "--help"):

@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from vae.mnist_files import ensure_mnist, raw_dir, read_idx
 from vae.resumable import ResumableDataLoader, ResumableSampler
 
+MNIST_TRAIN_IMAGES = 60_000
+
 
 class InMemoryMNIST(Dataset):
     """Images and labels held as tensors; `__getitems__` serves a whole batch in one slice."""
@@ -57,8 +59,11 @@ class MNISTDataModule(LightningDataModule):
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"--data.batch_size must be a positive number of images, got {batch_size}.")
-        if val_size <= 0:
-            raise ValueError(f"--data.val_size must be a positive number of images, got {val_size}.")
+        if not 0 < val_size < MNIST_TRAIN_IMAGES:
+            raise ValueError(
+                f"--data.val_size must be between 1 and {MNIST_TRAIN_IMAGES - 1}: the validation images are taken "
+                f"from MNIST's {MNIST_TRAIN_IMAGES} training images. Got {val_size}."
+            )
         self.save_hyperparameters()
         self.data_dir, self.batch_size = Path(data_dir), batch_size
         self.val_size, self.split_seed = val_size, split_seed
