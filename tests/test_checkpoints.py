@@ -1,5 +1,6 @@
 """Checkpoints never corrupt, and never run code when loaded."""
 
+import errno
 import pickle
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 
 from tests.test_cli import run_cli
 from vae.callbacks import NonFiniteLossError
-from vae.checkpoints import CheckpointError, SafeCheckpointIO
+from vae.checkpoints import CheckpointError, CheckpointWriteError, SafeCheckpointIO
 from vae.module import VAEModule
 
 
@@ -59,6 +60,23 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, mon
     restored = io.load_checkpoint(path)
     assert restored["global_step"] == 1 and torch.equal(restored["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left behind
+
+
+def test_a_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = SafeCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match=r"No space left on device\. The previous checkpoint .* is intact"):
+        io.save_checkpoint({"global_step": 2}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_the_trainer_saves_and_loads_through_the_safe_io(tmp_path, monkeypatch, data_dir):

@@ -15,6 +15,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the one before it is untouched."""
+
+
 class CheckpointError(SystemExit):
     """A bad `--ckpt_path`, reported before any run directory is created."""
 
@@ -93,6 +97,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, path)
+        except OSError as err:  # disk full, quota, permissions, a vanished folder
+            raise CheckpointWriteError(
+                f"Could not write the checkpoint {path}: {err.strerror or err}. "
+                + ("The previous checkpoint under that name is intact. " if path.exists() else "")
+                + "Free space or choose a writable folder (e.g. run from another directory), then resume with "
+                "--ckpt_path last."
+            ) from err
         finally:
             partial.unlink(missing_ok=True)
 
