@@ -13,7 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 # The scalars shown as columns in TensorBoard's HPARAMS tab (it reads their latest values).
-HPARAMS_METRICS = ("val/loss", "val/recon", "val/kl", "test/loss", "test/recon", "test/kl")
+HPARAMS_METRICS = ("val/loss", "val/recon", "val/kl", "test/loss", "test/recon", "test/kl", "test/nll")
 
 
 def _tensorboard(trainer: Trainer):  # -> SummaryWriter | None
