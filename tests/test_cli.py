@@ -95,18 +95,19 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(in_tmp, data_dir):
 
 
 def test_test_nll_uses_the_command_lines_k_and_is_below_the_negative_elbo(in_tmp, data_dir, caplog):
-    run_cli("fit", "--trainer.max_epochs", "1", "--model.iw_samples", "3", data_dir=data_dir)
+    binary = ["--data.binarize", "dynamic"]  # so that test/nll is a likelihood of binary images
+    run_cli("fit", "--trainer.max_epochs", "1", "--model.iw_samples", "3", *binary, data_dir=data_dir)
     ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
     json_path = in_tmp / "lightning_logs/version_0/test_metrics.json"
 
-    run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "50", data_dir=data_dir)
+    run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "50", *binary, data_dir=data_dir)
     record = json.loads(json_path.read_text())
     assert record["hparams"]["iw_samples"] == 50  # not the 3 saved in the checkpoint
     assert "test/nll uses k=50 importance samples" in caplog.text
     metrics = record["metrics"]
     assert metrics["test/nll"] <= metrics["test/loss"] + 0.1
 
-    run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "0", data_dir=data_dir)
+    run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "0", *binary, data_dir=data_dir)
     assert "test/nll" not in json.loads(json_path.read_text())["metrics"]
 
 
