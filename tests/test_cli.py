@@ -51,7 +51,7 @@ def test_fit_makes_a_run_with_logs_images_config_and_checkpoints(in_tmp, data_di
     scalars, images = events(run)
     assert {"train/loss", "val/loss", "val/recon", "val/kl"} <= scalars
     assert not any("nll" in tag for tag in scalars)  # the importance-weighted bound is for test only
-    assert images == {"val/reconstructions", "samples/prior"}
+    assert images == {"val/reconstructions", "val/interpolations", "samples/prior"}
 
 
 def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):

@@ -100,6 +100,14 @@ class VAEModule(LightningModule):
         mu, logvar = self.model.encode(x)
         return {"mu": mu, "logvar": logvar, "label": labels}
 
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images from the prior, as pixel means in [0, 1], (n, 1, 28, 28)."""
+        return self.model.sample(n, generator)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior-mean reconstructions of x ((B, 1, 28, 28) in [0, 1]), as pixel means."""
+        return self.model.reconstruct(x)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
