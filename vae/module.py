@@ -33,7 +33,9 @@ class VAEModule(LightningModule):
             when resuming, replace it.
         iw_samples: importance samples per test image for `test/nll` (0: no `test/nll`). An evaluation
             setting, not part of the trained model: `test` takes it from the command line, never
-            from the checkpoint. More samples give a tighter (lower) estimate and cost more time.
+            from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
+            passes per image: on 2 CPU cores the 10,000 test images take about 20 s at k = 100 and
+            roughly 15-30 min at Burda et al.'s k = 5000.
     """
 
     def __init__(
