@@ -50,7 +50,8 @@ def test_fit_makes_a_run_with_logs_images_config_and_checkpoints(in_tmp, data_di
     assert "max_epochs: 1" in (run / "config.yaml").read_text()
     scalars, images = events(run)
     assert {"train/loss", "val/loss", "val/recon", "val/kl"} <= scalars
-    assert images == {"val/reconstructions", "samples/prior"}
+    assert not any("nll" in tag for tag in scalars)  # the importance-weighted bound is for test only
+    assert images == {"val/reconstructions", "val/interpolations", "samples/prior"}
 
 
 def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):
@@ -84,13 +85,30 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(in_tmp, data_dir):
     ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
     run_cli("test", "--ckpt_path", str(ckpt), data_dir=data_dir)
     record = json.loads((in_tmp / "lightning_logs/version_0/test_metrics.json").read_text())
-    assert set(record["metrics"]) == {"test/loss", "test/recon", "test/kl"}
+    assert set(record["metrics"]) == {"test/loss", "test/recon", "test/kl", "test/nll"}
     metrics = record["metrics"]
     assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], rel=1e-5)
     assert record["ckpt_path"] == str(ckpt)
     assert (in_tmp / "lightning_logs/version_0/config.yaml").is_file()  # the fit config is not overwritten
     assert (in_tmp / "lightning_logs/version_0/test_config.yaml").is_file()
     assert not (in_tmp / "lightning_logs/version_1").exists()
+
+
+def test_test_nll_uses_the_command_lines_k_and_is_below_the_negative_elbo(in_tmp, data_dir, caplog):
+    binary = ["--data.binarize", "dynamic"]  # so that test/nll is a likelihood of binary images
+    run_cli("fit", "--trainer.max_epochs", "1", "--model.iw_samples", "3", *binary, data_dir=data_dir)
+    ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
+    json_path = in_tmp / "lightning_logs/version_0/test_metrics.json"
+
+    run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "50", *binary, data_dir=data_dir)
+    record = json.loads(json_path.read_text())
+    assert record["hparams"]["iw_samples"] == 50  # not the 3 saved in the checkpoint
+    assert "test/nll uses k=50 importance samples" in caplog.text
+    metrics = record["metrics"]
+    assert metrics["test/nll"] <= metrics["test/loss"] + 0.1
+
+    run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "0", *binary, data_dir=data_dir)
+    assert "test/nll" not in json.loads(json_path.read_text())["metrics"]
 
 
 def test_resume_last_with_no_runs_fails_loudly_and_creates_nothing(in_tmp, data_dir):

@@ -125,3 +125,66 @@ def test_val_size_larger_than_the_data_is_refused(data_dir):
     dm = MNISTDataModule(data_dir=str(data_dir), val_size=TRAIN_SIZE)  # fine for MNIST, not for these files
     with pytest.raises(ValueError, match="--data.val_size"):
         dm.setup("fit")
+
+
+def first_batch(dm: MNISTDataModule, split: str) -> torch.Tensor:
+    """The first batch of `dm.<split>_dataloader()`, as the model receives it."""
+    images, labels = next(iter(getattr(dm, f"{split}_dataloader")()))
+    return dm.on_after_batch_transfer((images, labels), 0)[0]
+
+
+def is_binary(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def grey_mean(data_dir) -> float:
+    return read_idx(raw_dir(data_dir) / "train-images-idx3-ubyte").float().mean().item() / 255
+
+
+def test_static_binarisation_is_fixed_for_every_split_and_keeps_the_grey_mean(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=100, binarize="static")
+    dm.setup("fit")
+    again = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=100, binarize="static")
+    again.setup("fit")
+    for split in ("train_set", "val_set", "test_set"):
+        images = getattr(dm, split).images
+        assert images.dtype == torch.uint8 and bool(((images == 0) | (images == 255)).all())
+        assert torch.equal(images, getattr(again, split).images)
+    assert is_binary(first_batch(dm, "train"))
+    assert abs(dm.train_set.images.float().mean().item() / 255 - grey_mean(data_dir)) < 0.005
+
+    # the file is binarised before the split: another split holds the same binary images
+    other_split = MNISTDataModule(data_dir=str(data_dir), val_size=100, split_seed=1, binarize="static")
+    other_split.setup("fit")
+    rows = [sorted(map(bytes, torch.cat([d.train_set.images, d.val_set.images]).flatten(1).numpy()))
+            for d in (dm, other_split)]
+    assert rows[0] == rows[1]
+
+
+def test_dynamic_binarisation_draws_each_training_batch_afresh_and_fixes_val_and_test(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=100, binarize="dynamic")
+    dm.setup("fit")
+    images, labels = dm.train_set[list(range(64))]
+    first, _ = dm.on_after_batch_transfer((images, labels), 0)
+    second, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert is_binary(first) and is_binary(second) and not torch.equal(first, second)
+    assert abs(first.mean().item() - images.float().mean().item() / 255) < 0.01  # E[draw] = grey level
+
+    again = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=100, binarize="dynamic")
+    again.setup("fit")
+    for split in ("val", "test"):
+        x = first_batch(dm, split)
+        assert is_binary(x) and torch.equal(x, first_batch(again, split))
+    assert abs(dm.test_set.images.float().mean().item() / 255 - grey_mean(data_dir)) < 0.01
+
+
+def test_no_binarisation_keeps_grey_levels(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=100)
+    dm.setup("fit")
+    for split in ("train", "val", "test"):
+        assert not is_binary(first_batch(dm, split))
+
+
+def test_an_unknown_binarisation_names_the_option_and_the_choices():
+    with pytest.raises(ValueError, match="--data.binarize.*none, dynamic, static.*'otsu'"):
+        MNISTDataModule(binarize="otsu")

@@ -6,15 +6,16 @@ the training hot path (they run once per validation epoch, or at the start/end o
 """
 
 import json
-import math
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from vae.pictures import image_grid, interpolation_grid, reconstruction_grid
+
 # The scalars shown as columns in TensorBoard's HPARAMS tab (it reads their latest values).
-HPARAMS_METRICS = ("val/loss", "val/recon", "val/kl", "test/loss", "test/recon", "test/kl")
+HPARAMS_METRICS = ("val/loss", "val/recon", "val/kl", "test/loss", "test/recon", "test/kl", "test/nll")
 
 
 def _tensorboard(trainer: Trainer):  # -> SummaryWriter | None
@@ -25,41 +26,40 @@ def _tensorboard(trainer: Trainer):  # -> SummaryWriter | None
 
 
 class ImageGrids(Callback):
-    """After each validation epoch: validation inputs above their reconstructions, and prior samples.
+    """After each validation epoch: reconstructions, interpolations and prior samples (`vae.pictures`).
 
-    The samples decode the same z every epoch (drawn once from `seed`), so a grid shows how the
-    decoder changes, not how the noise does. Reconstructions decode the posterior mean.
+    Reconstructions show the first validation images above their reconstructions; interpolations
+    walk between pairs of them, from posterior mean to posterior mean. The samples decode the same
+    z every epoch (drawn once from `seed`), so a grid shows how the decoder changes, not the noise.
     """
 
-    def __init__(self, n_reconstructions: int = 32, n_samples: int = 64, seed: int = 0) -> None:
-        self.n_reconstructions, self.n_samples, self.seed = n_reconstructions, n_samples, seed
+    def __init__(
+        self, n_reconstructions: int = 32, n_interpolations: int = 8, n_samples: int = 64, seed: int = 0
+    ) -> None:
+        self.n_reconstructions, self.n_interpolations = n_reconstructions, n_interpolations
+        self.n_samples, self.seed = n_samples, seed
         self._inputs: torch.Tensor | None = None
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if batch_idx == 0 and dataloader_idx == 0:
-            self._inputs = batch[0][: self.n_reconstructions]
+            self._inputs = batch[0][: max(self.n_reconstructions, 2 * self.n_interpolations)]
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         writer = _tensorboard(trainer)
         if trainer.sanity_checking or not trainer.is_global_zero or writer is None or self._inputs is None:
             return
-        from torchvision.utils import make_grid  # torchvision is slow to import; only needed here
-
-        model = pl_module.model
-        x = self._inputs
-        mu, _ = model.encode(x)
-        reconstructions = torch.sigmoid(model.decode(mu))
-        rows = math.ceil(len(x) / 8)
-        pairs = torch.cat([torch.cat([x[i * 8 : i * 8 + 8], reconstructions[i * 8 : i * 8 + 8]]) for i in range(rows)])
-        step = trainer.global_step
-        writer.add_image("val/reconstructions", make_grid(pairs.cpu(), nrow=8, pad_value=1.0), step)
+        model, x, step = pl_module.model, self._inputs, trainer.global_step
+        writer.add_image("val/reconstructions", reconstruction_grid(model, x[: self.n_reconstructions]), step)
+        pairs = min(self.n_interpolations, len(x) // 2)
+        if pairs:
+            writer.add_image("val/interpolations", interpolation_grid(model, x[:pairs], x[pairs : 2 * pairs]), step)
 
         z = torch.randn(self.n_samples, model.latent_dim, generator=torch.Generator().manual_seed(self.seed))
         samples = torch.sigmoid(model.decode(z.to(pl_module.device)))
-        writer.add_image("samples/prior", make_grid(samples.cpu(), nrow=8, pad_value=1.0), step)
+        writer.add_image("samples/prior", image_grid(samples), step)
         self._inputs = None
 
 

@@ -122,8 +122,8 @@ def find_last_checkpoint(logs_dir: Path) -> Path:
     return candidates[-1]
 
 
-def check_checkpoint(path: Path) -> None:
-    """Fail now, with a useful message, rather than after a run directory has been made."""
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """Fail now, with a useful message, rather than after a run directory has been made; return its contents."""
     if not path.is_file():
         raise CheckpointError(
             f"--ckpt_path {path} does not exist. Pass an existing .ckpt file, or `last` to resume the newest run."
@@ -139,6 +139,7 @@ def check_checkpoint(path: Path) -> None:
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict).")
+    return checkpoint
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

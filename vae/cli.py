@@ -12,6 +12,9 @@ Lightning traps this file designs around:
 - `SaveConfigCallback` refuses to overwrite `config.yaml` on resume. Here a resumed fit rewrites
   it (the hyperparameters come from the checkpoint, so it still describes the run) and other
   subcommands save `<subcommand>_config.yaml` beside it.
+- With `--ckpt_path`, the checkpoint's saved hyperparameters override the command line, so
+  `test --ckpt_path X --model.iw_samples 5000` would silently use the k the model was trained
+  with. Here evaluation settings (`EVALUATION_SETTINGS`) keep the command line's value.
 """
 
 import sys
@@ -35,6 +38,8 @@ from vae.module import VAEModule
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGS_DIR = "lightning_logs"
 PROGRESS_BAR_REFRESH_STEPS = 10
+# Model options that say how to evaluate, not what was trained: never taken from a checkpoint.
+EVALUATION_SETTINGS = ("iw_samples",)
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -81,9 +86,11 @@ class VAECLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """After parsing, before anything is built: resolve and check `--ckpt_path`, pin the logger."""
         super().parse_arguments(parser, args)
+        self._evaluation_settings = {}
         if not self.config.get("subcommand"):
             return
         config = self.config[self.config.subcommand]
+        self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
         if config.get("ckpt_path") is None:
             return
         logger = config.trainer.logger
@@ -99,14 +106,15 @@ class VAECLI(LightningCLI):
         if run_dir is not None and logger_args is not None and "version" in logger_args:
             logger_args.save_dir, logger_args.name, logger_args.version = str(run_dir.parent), "", run_dir.name
 
-
     def before_instantiate_classes(self) -> None:
-        """`--trainer.enable_progress_bar false` must win over the default progress bar callback."""
+        """Runs after LightningCLI applied the checkpoint's hyperparameters: put evaluation settings back;
+        and let `--trainer.enable_progress_bar false` win over the default progress bar callback."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        for name, value in self._evaluation_settings.items():
+            config.model[name] = value
         if config.trainer.enable_progress_bar is False:
             callbacks = self.trainer_defaults["callbacks"]
             self.trainer_defaults["callbacks"] = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
-
 
     def instantiate_classes(self) -> None:
         """A constructor that rejects its options says why in one line, not in a traceback."""

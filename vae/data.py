@@ -7,6 +7,15 @@ and only there becomes float in [0, 1], in `on_after_batch_transfer`.
 
 The loaders are ordinary `DataLoader`s over a map-style dataset, so Lightning can swap in a
 `DistributedSampler` under DDP.
+
+`binarize` chooses what a pixel is (the literature reports numbers for each):
+    none     grey levels in [0, 1], as pytorch/examples' VAE trains (BCE is then a cross-entropy)
+    dynamic  each training batch a fresh Bernoulli draw (Burda et al. 2015); validation and test
+             binarised once, so their numbers compare across epochs and runs
+    static   every image binarised once
+A file is binarised once with a fixed seed before it is split, so an image's binary version does
+not depend on `split_seed` or `val_size`. Binary images are stored as 0/255 uint8 and take the
+same path to the device as grey ones.
 """
 
 from pathlib import Path
@@ -19,6 +28,9 @@ from vae.mnist_files import ensure_mnist, raw_dir, read_idx
 from vae.resumable import ResumableDataLoader, ResumableSampler
 
 MNIST_TRAIN_IMAGES = 60_000
+
+BINARIZE_MODES = ("none", "dynamic", "static")
+BINARIZE_SEED = 0
 
 
 class InMemoryMNIST(Dataset):
@@ -38,6 +50,16 @@ class InMemoryMNIST(Dataset):
         return self.images[index], self.labels[index]
 
 
+def binarized(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each pixel on (255) with probability grey/255, else off (0), from a fixed seed; uint8 in, uint8 out.
+
+    `r < grey` for r uniform on {0, ..., 254} is on with probability exactly grey/255, and draws
+    one byte per pixel rather than a float copy of the whole set.
+    """
+    r = torch.randint(0, 255, images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return (r < images).to(torch.uint8) * 255
+
+
 def _already_a_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """`__getitems__` returns a finished batch; there is nothing left to collate."""
     return batch
@@ -51,12 +73,21 @@ class MNISTDataModule(LightningDataModule):
         batch_size: images per batch, per device.
         val_size: images held out of the official training set for validation.
         split_seed: seed of the train/val split; fixed so every run validates on the same images.
+        binarize: "none" (grey levels), "dynamic" (a fresh binary draw of each training batch;
+            validation and test binarised once) or "static" (every image binarised once).
     """
 
     def __init__(
-        self, data_dir: str = "data", batch_size: int = 128, val_size: int = 5_000, split_seed: int = 0
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        val_size: int = 5_000,
+        split_seed: int = 0,
+        binarize: str = "none",
     ) -> None:
         super().__init__()
+        if binarize not in BINARIZE_MODES:
+            raise ValueError(f"--data.binarize must be one of {', '.join(BINARIZE_MODES)}; got {binarize!r}.")
         if batch_size <= 0:
             raise ValueError(f"--data.batch_size must be a positive number of images, got {batch_size}.")
         if not 0 < val_size < MNIST_TRAIN_IMAGES:
@@ -66,7 +97,7 @@ class MNISTDataModule(LightningDataModule):
             )
         self.save_hyperparameters()
         self.data_dir, self.batch_size = Path(data_dir), batch_size
-        self.val_size, self.split_seed = val_size, split_seed
+        self.val_size, self.split_seed, self.binarize = val_size, split_seed, binarize
         self.train_set: InMemoryMNIST | None = None
 
     def prepare_data(self) -> None:
@@ -83,13 +114,16 @@ class MNISTDataModule(LightningDataModule):
                 f"--data.val_size {self.val_size} leaves no training images: the validation images are taken "
                 f"from the {len(labels)} training images in {folder}. Use a smaller --data.val_size."
             )
+        test_images = read_idx(folder / "t10k-images-idx3-ubyte")
+        # Validation and test images are binary in both binary modes, training images only in "static".
+        binary = images
+        if self.binarize != "none":
+            binary, test_images = binarized(images, BINARIZE_SEED), binarized(test_images, BINARIZE_SEED + 1)
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         val, train = order[: self.val_size], order[self.val_size :]
-        self.train_set = InMemoryMNIST(images[train], labels[train])
-        self.val_set = InMemoryMNIST(images[val], labels[val])
-        self.test_set = InMemoryMNIST(
-            read_idx(folder / "t10k-images-idx3-ubyte"), read_idx(folder / "t10k-labels-idx1-ubyte")
-        )
+        self.train_set = InMemoryMNIST((binary if self.binarize == "static" else images)[train], labels[train])
+        self.val_set = InMemoryMNIST(binary[val], labels[val])
+        self.test_set = InMemoryMNIST(test_images, read_idx(folder / "t10k-labels-idx1-ubyte"))
 
     def pixel_mean(self) -> torch.Tensor:
         """Mean of each pixel over the training images, in [0, 1], (1, 28, 28)."""
@@ -121,6 +155,11 @@ class MNISTDataModule(LightningDataModule):
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (B, 28, 28) on the device -> float (B, 1, 28, 28) in [0, 1]."""
+        """uint8 (B, 28, 28) on the device -> float (B, 1, 28, 28) in [0, 1]; binary draws for "dynamic".
+
+        The draw applies to every batch, but validation and test images are already 0 or 1, which
+        a Bernoulli draw returns unchanged: only training batches change.
+        """
         images, labels = batch
-        return images.unsqueeze(1).float().div_(255), labels
+        x = images.unsqueeze(1).float().div_(255)
+        return (torch.bernoulli(x) if self.binarize == "dynamic" else x), labels

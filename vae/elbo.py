@@ -3,9 +3,15 @@
     -ELBO(x) = -E_q[log p(x|z)] + KL(q(z|x) || p(z))
              ~ BCE(x, logits) summed over pixels  +  0.5 * sum(exp(logvar) + mu^2 - 1 - logvar)
 
+For evaluation, `importance_weighted_nll` estimates -log p(x) itself, with a bound that tightens
+as the number of samples k grows (k = 1 is the negative ELBO again).
+
 Every function returns one value per image, in nats, so callers choose how to average.
 Plain PyTorch: no Lightning here.
 """
+
+import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,3 +39,49 @@ def negative_elbo(
     recon = -bernoulli_log_likelihood(logits, x)
     kl = gaussian_kl(mu, logvar)
     return recon + kl, recon, kl
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)), diagonal, summed over the last (latent) dimension."""
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+@torch.no_grad()
+def importance_weighted_nll(
+    x: torch.Tensor,
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    k: int,
+    chunk_size: int = 8192,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """-log p(x) per image, in nats, estimated with k importance samples from q(z|x) (Burda et al. 2015).
+
+        log p(x) ~ log (1/k) sum_i w_i,   w_i = p(x|z_i) p(z_i) / q(z_i|x),   z_i ~ q(z|x)
+
+    By Jensen this is a lower bound on log p(x) in expectation, tighter as k grows, and the
+    negative ELBO's estimator at k = 1. All in log space: the weights themselves under- or
+    overflow (log p(x|z) is hundreds of nats). An evaluation tool, so no gradients.
+
+    Memory: the k samples are decoded in chunks of at most `chunk_size` (sample, image) pairs and
+    the chunks are combined with a running logsumexp, so memory does not grow with k (about 100 MB
+    for the 784-512-20 MLP at the default chunk size) and k = 5000 runs on a CPU. The
+    noise is drawn one sample (a (B, latent) tensor) at a time, so for a given generator state the
+    result does not depend on `chunk_size`.
+    """
+    if k < 1:
+        raise ValueError(f"k, the number of importance samples, must be at least 1, got {k}.")
+    mu, logvar = encode(x)
+    std, zero = (0.5 * logvar).exp(), x.new_zeros(())
+    per_chunk = max(1, chunk_size // len(x))
+    log_sum_w = x.new_full((len(x),), -math.inf)
+    for start in range(0, k, per_chunk):
+        n = min(per_chunk, k - start)
+        eps = torch.stack([torch.randn(mu.shape, generator=generator, device=mu.device) for _ in range(n)])
+        z = mu + std * eps  # (n, B, latent)
+        log_px_z = bernoulli_log_likelihood(decode(z.flatten(0, 1)), x.expand(n, *x.shape).flatten(0, 1))
+        log_pz = gaussian_log_density(z, zero, zero)  # the prior N(0, I)
+        log_qz = gaussian_log_density(z, mu, logvar)
+        log_w = log_px_z.view(n, len(x)) + log_pz - log_qz
+        log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, 0))
+    return -(log_sum_w - math.log(k))

@@ -59,6 +59,12 @@ class VAE(nn.Module):
         self.decoder[-2].bias.copy_(torch.logit(pixel_mean.clamp(eps, 1 - eps)).flatten())
 
     @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x decoded from the mean of q(z|x), as pixel means in [0, 1]: the noise-free reconstruction."""
+        mu, _ = self.encode(x)
+        return torch.sigmoid(self.decode(mu))
+
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior, as pixel means in [0, 1], (n, 1, 28, 28)."""
         device = next(self.parameters()).device

@@ -1,0 +1,78 @@
+"""Pictures from a trained VAE, as PNG files.
+
+    python sample.py --ckpt_path PATH [--n 64] [--seed 0] [--out DIR] [--data_dir data]
+
+writes into DIR (default: `<run>/samples/` for a checkpoint in `<run>/checkpoints/`, else `samples/`):
+
+    prior.png            n samples from the prior (pixel means)
+    reconstructions.png  n test digits, each row of inputs above its reconstructions
+    interpolations.png   8 rows: decoded steps between the posterior means of two test digits
+    manifold.png         latent_dim 2 only: the decoder over a grid of the prior's quantiles
+    latent_scatter.png   latent_dim 2 only: every test digit's posterior mean, coloured by label
+
+The test digits come from the data options saved in the checkpoint (binarised as the run's were),
+read from `--data_dir`.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from vae.checkpoints import check_checkpoint, run_dir_of
+from vae.data import MNISTDataModule
+from vae.module import VAEModule
+from vae.pictures import image_grid, interpolation_grid, latent_scatter, manifold_grid, reconstruction_grid
+
+INTERPOLATION_ROWS = 8
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--n", type=int, default=64, help="prior samples and reconstructed test digits")
+    parser.add_argument("--seed", type=int, default=0, help="chooses the samples and the test digits")
+    parser.add_argument("--out", help="output folder (default: the run's samples/, else samples/)")
+    parser.add_argument("--data_dir", default="data", help="folder with MNIST/raw/, as --data.data_dir")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"--n must be at least 1, got {args.n}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Write the pictures; return the folder they are in."""
+    args = parse_args(argv)
+    ckpt = Path(args.ckpt_path)
+    saved = check_checkpoint(ckpt).get("datamodule_hyper_parameters", {})
+    data_hparams = {k: v for k, v in saved.items() if not k.startswith("_")}  # not LightningCLI's `_instantiator`
+    module = VAEModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    out = Path(args.out) if args.out else (run_dir_of(ckpt) or Path()) / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = MNISTDataModule(**(data_hparams | {"data_dir": args.data_dir}))  # binarised as the run's data was
+    data.prepare_data()
+    data.setup("test")
+    x, labels = data.on_after_batch_transfer((data.test_set.images, data.test_set.labels), 0)
+    generator = torch.Generator().manual_seed(args.seed)
+    chosen = x[torch.randperm(len(x), generator=generator)[: max(args.n, 2 * INTERPOLATION_ROWS)]]
+
+    model = module.model
+    pictures = {
+        "prior": image_grid(module.sample(args.n, generator=generator)),
+        "reconstructions": reconstruction_grid(model, chosen[: args.n]),
+        "interpolations": interpolation_grid(
+            model, chosen[:INTERPOLATION_ROWS], chosen[INTERPOLATION_ROWS : 2 * INTERPOLATION_ROWS]
+        ),
+    }
+    if model.latent_dim == 2:
+        pictures |= {"manifold": manifold_grid(model), "latent_scatter": latent_scatter(model, x, labels)}
+    for name, picture in pictures.items():
+        save_image(picture, out / f"{name}.png")
+        print(out / f"{name}.png")
+    return out
+
+
+if __name__ == "__main__":
+    main()
