@@ -5,15 +5,18 @@ than the network. Here the 70,000 images are read once into a (N, 28, 28) uint8 
 is one fancy-index into it. The uint8 batch travels to the device (4x fewer bytes than float)
 and only there becomes float in [0, 1], in `on_after_batch_transfer`.
 
-The loaders are ordinary `DataLoader`s over a map-style dataset, so Lightning can swap in a
-`DistributedSampler` under DDP.
+The loaders are ordinary `DataLoader`s over a map-style dataset. Under DDP every process holds its
+own copy in memory and reads only its shard of each epoch: for training, Lightning swaps in a
+`DistributedSampler` (and `__getitems__` receives that rank's indices); for evaluation, the
+loaders shard without repeating an image, so metrics are exact (see `_evaluation_loader`).
 """
 
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vae.mnist_files import ensure_mnist, raw_dir, read_idx
 
@@ -45,7 +48,8 @@ class MNISTDataModule(LightningDataModule):
 
     Args:
         data_dir: folder that holds (or will hold) `MNIST/raw/*-ubyte`, torchvision's layout.
-        batch_size: images per batch, per device.
+        batch_size: images per batch, per device: under DDP an optimiser step sees
+            batch_size x devices x num_nodes images.
         val_size: images held out of the official training set for validation.
         split_seed: seed of the train/val split; fixed so every run validates on the same images.
     """
@@ -64,7 +68,8 @@ class MNISTDataModule(LightningDataModule):
         self.train_set: InMemoryMNIST | None = None
 
     def prepare_data(self) -> None:
-        """Runs once per machine (rank 0): find or fetch the files, checked by MD5."""
+        """Find or fetch the files, checked by MD5. Lightning runs this in one process per machine
+        (local rank 0) while the others wait; then every process reads the files in `setup`."""
         ensure_mnist(self.data_dir)
 
     def setup(self, stage: str) -> None:
@@ -93,17 +98,35 @@ class MNISTDataModule(LightningDataModule):
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._evaluation_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._evaluation_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._evaluation_loader(self.test_set)
 
-    def _loader(self, dataset: InMemoryMNIST, shuffle: bool = False) -> DataLoader:
+    def _evaluation_loader(self, dataset: InMemoryMNIST) -> DataLoader:
+        """Under DDP, every image exactly once across the ranks, so a metric reduced over them is exact.
+
+        Lightning would inject a `DistributedSampler`, which pads the ranks' shares to equal length
+        by repeating images; a repeated image counts twice in the mean (5,000 images on 3 ranks
+        would repeat one). Here rank r of W reads images r, r + W, r + 2W, ...: shares differ by at
+        most one image, and a rank may run one batch fewer. That is safe in evaluation, where
+        nothing is synchronised per batch (no gradients, and the model has no buffers for DDP to
+        broadcast): the metrics sync once, at the end of the epoch. Training keeps Lightning's
+        padded sampler, because there every step all-reduces gradients across the ranks.
+        """
+        ranks = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if ranks is None:
+            return self._loader(dataset)
+        return self._loader(dataset, sampler=UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks))
+
+    def _loader(self, dataset: InMemoryMNIST, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
         # No workers: slicing a tensor in memory is faster than any inter-process hand-off.
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_already_a_batch)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=_already_a_batch
+        )
 
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
