@@ -69,15 +69,19 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return after
 
 
-def passes(folder: Path, size: int) -> list[list[list[int]]]:
-    """Per rank, per pass over the dataset of `size` images: the indices its batches were sliced with."""
-    records = [json.loads((folder / f"ddp-record-rank{rank}.json").read_text()) for rank in (0, 1)]
-    return [[sum(p["batches"], []) for p in record["passes"] if p["size"] == size] for record in records]
+def records(folder: Path) -> list[dict]:
+    """What ranks 0 and 1 recorded (tests/ddp_train.py): files fetched, and their passes over DataLoaders."""
+    return [json.loads((folder / f"ddp-record-rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def passes(folder: Path, size: int) -> list[list[list[list[int]]]]:
+    """Per rank, per pass over the dataset of `size` images, per batch: the indices it was sliced with."""
+    return [[p["batches"] for p in record["passes"] if p["size"] == size] for record in records(folder)]
 
 
 def samplers(folder: Path) -> set[tuple[int, str]]:
-    records = [json.loads((folder / f"ddp-record-rank{rank}.json").read_text()) for rank in (0, 1)]
-    return {(p["size"], p["sampler"]) for record in records for p in record["passes"]}
+    """(dataset size, class of the sampler Lightning used) of every pass, on either rank."""
+    return {(p["size"], p["sampler"]) for record in records(folder) for p in record["passes"]}
 
 
 def events(run: Path) -> dict[str, list[tuple[int, float | None]]]:
@@ -94,18 +98,20 @@ def events(run: Path) -> dict[str, list[tuple[int, float | None]]]:
 
 
 def test_data_is_fetched_once_and_every_epoch_is_split_between_the_ranks(ddp):
-    records = [json.loads((ddp["fit"] / f"ddp-record-rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert sorted(records[0]["fetched"]) == sorted(
+    rank0, rank1 = records(ddp["fit"])  # the fit started from an empty data folder
+    assert sorted(rank0["fetched"]) == sorted(
         ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     )
-    assert records[1]["fetched"] == []  # rank 1 waited for rank 0's prepare_data, then read the files
+    assert rank1["fetched"] == []  # rank 1 waited for rank 0's prepare_data, then read the files
 
     # Training: Lightning injected a DistributedSampler; __getitems__ got each rank's shard. 575 images
     # on 2 ranks: 288 each, so one image (the padding) is seen by both ranks, every other one by one.
     assert samplers(ddp["fit"]) == {(TRAIN, "DistributedSampler"), (VAL_SIZE, "UnrepeatedDistributedSampler")}
     epochs = []
     for after in ("fit", "resume"):
-        (rank0,), (rank1,) = passes(ddp[after], TRAIN)  # one pass over the training set per rank
+        (batches0,), (batches1,) = passes(ddp[after], TRAIN)  # one pass over the training set per rank
+        assert [len(b) for b in batches0] == [len(b) for b in batches1] == [32] * STEPS_PER_EPOCH
+        rank0, rank1 = sum(batches0, []), sum(batches1, [])
         assert len(rank0) == len(set(rank0)) == len(rank1) == len(set(rank1)) == 288
         assert set(rank0) | set(rank1) == set(range(TRAIN)) and len(set(rank0) & set(rank1)) == 1
         epochs.append(rank0)
@@ -115,9 +121,11 @@ def test_data_is_fetched_once_and_every_epoch_is_split_between_the_ranks(ddp):
     for after, size in (("fit", VAL_SIZE), ("resume", VAL_SIZE), ("test", TEST_SIZE)):
         shards = passes(ddp[after], size)
         assert len(shards[0]) == len(shards[1]) >= 1
-        for rank0, rank1 in zip(*shards, strict=True):
-            assert sorted(rank0 + rank1) == list(range(size))
-    assert [len(p) for p in passes(ddp["fit"], VAL_SIZE)[0]] == [33, 33]  # 2 batches on rank 0, 1 on rank 1
+        for batches0, batches1 in zip(*shards, strict=True):
+            assert sorted(sum(batches0 + batches1, [])) == list(range(size))
+    # 33 images on rank 0, 32 on rank 1: ranks run different numbers of evaluation batches, safely
+    assert [[len(b) for b in batches] for batches in passes(ddp["fit"], VAL_SIZE)[0]] == [[32, 1], [32, 1]]
+    assert [[len(b) for b in batches] for batches in passes(ddp["fit"], VAL_SIZE)[1]] == [[32], [32]]
     assert samplers(ddp["test"]) == {(TEST_SIZE, "UnrepeatedDistributedSampler")}
 
 
