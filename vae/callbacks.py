@@ -95,11 +95,12 @@ class TestMetricsJSON(Callback):
     """Writes the test metrics to `<run dir>/test_metrics.json`, beside the checkpoint they came from."""
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a broadcast from rank 0: every rank must ask, or DDP stalls or crashes
+        if not trainer.is_global_zero or log_dir is None:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         record = {"ckpt_path": trainer.ckpt_path, "metrics": metrics, "hparams": dict(pl_module.hparams)}
-        path = Path(trainer.log_dir) / "test_metrics.json"
+        path = Path(log_dir) / "test_metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2, default=str) + "\n")
         print(f"Test metrics written to {path}")

@@ -84,7 +84,13 @@ class VAECLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        """After parsing, before anything is built: resolve and check `--ckpt_path`, pin the logger."""
+        """After parsing, before anything is built: resolve and check `--ckpt_path`, pin the logger.
+
+        Under DDP every process parses the command line itself (Lightning's `ddp` launcher reruns
+        it; torchrun and srun start them all). On one machine they resolve `last` to the same file,
+        as no rank can write a checkpoint before every rank has joined the process group, i.e.
+        finished parsing; across machines only a consistently shared log folder guarantees that.
+        """
         super().parse_arguments(parser, args)
         self._evaluation_settings = {}
         if not self.config.get("subcommand"):

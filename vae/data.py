@@ -5,8 +5,11 @@ than the network. Here the 70,000 images are read once into a (N, 28, 28) uint8 
 is one fancy-index into it. The uint8 batch travels to the device (4x fewer bytes than float)
 and only there becomes float in [0, 1], in `on_after_batch_transfer`.
 
-The loaders are ordinary `DataLoader`s over a map-style dataset, so Lightning can swap in a
-`DistributedSampler` under DDP.
+The loaders are ordinary `DataLoader`s over a map-style dataset. Under DDP every process holds its
+own copy in memory and reads only its shard of each epoch: for training, Lightning wraps the
+resumable shuffling sampler in a distributed one (and `__getitems__` receives that rank's
+indices); for evaluation, the loaders shard without repeating an image, so metrics are exact
+(see `_evaluation_loader`).
 
 `binarize` chooses what a pixel is (the literature reports numbers for each):
     none     grey levels in [0, 1], as pytorch/examples' VAE trains (BCE is then a cross-entropy)
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from vae.mnist_files import ensure_mnist, raw_dir, read_idx
@@ -70,7 +74,8 @@ class MNISTDataModule(LightningDataModule):
 
     Args:
         data_dir: folder that holds (or will hold) `MNIST/raw/*-ubyte`, torchvision's layout.
-        batch_size: images per batch, per device.
+        batch_size: images per batch, per device: under DDP an optimiser step sees
+            batch_size x devices x num_nodes images.
         val_size: images held out of the official training set for validation.
         split_seed: seed of the train/val split; fixed so every run validates on the same images.
         binarize: "none" (grey levels), "dynamic" (a fresh binary draw of each training batch;
@@ -101,7 +106,8 @@ class MNISTDataModule(LightningDataModule):
         self.train_set: InMemoryMNIST | None = None
 
     def prepare_data(self) -> None:
-        """Runs once per machine (rank 0): find or fetch the files, checked by MD5."""
+        """Find or fetch the files, checked by MD5. Lightning runs this in one process per machine
+        (local rank 0) while the others wait; then every process reads the files in `setup`."""
         ensure_mnist(self.data_dir)
 
     def setup(self, stage: str) -> None:
@@ -135,16 +141,28 @@ class MNISTDataModule(LightningDataModule):
         return ResumableDataLoader(self.train_set, sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._evaluation_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._evaluation_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._evaluation_loader(self.test_set)
 
-    def _loader(self, dataset: InMemoryMNIST) -> DataLoader:
-        return DataLoader(dataset, **self._loader_options())
+    def _evaluation_loader(self, dataset: InMemoryMNIST) -> DataLoader:
+        """Under DDP, every image exactly once across the ranks, so a metric reduced over them is exact.
+
+        Lightning would inject a `DistributedSampler`, which pads the ranks' shares to equal length
+        by repeating images; a repeated image counts twice in the mean (5,000 images on 3 ranks
+        would repeat one). Here rank r of W reads images r, r + W, r + 2W, ...: shares differ by at
+        most one image, and a rank may run one batch fewer. That is safe in evaluation, where
+        nothing is synchronised per batch (no gradients, and the model has no buffers for DDP to
+        broadcast): the metrics sync once, at the end of the epoch. Training keeps Lightning's
+        padded sampler, because there every step all-reduces gradients across the ranks.
+        """
+        ranks = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        sampler = None if ranks is None else UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)
+        return DataLoader(dataset, sampler=sampler, **self._loader_options())
 
     def _loader_options(self) -> dict:
         # No workers: slicing a tensor in memory beats any inter-process hand-off. A private

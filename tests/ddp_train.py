@@ -1,0 +1,72 @@
+"""`python train.py`, for tests/test_ddp.py: the real CLI in a real `ddp` run, on the synthetic MNIST.
+
+Lightning's `ddp` launcher starts ranks 1..N-1 by running `sys.argv[0]` again, i.e. this file, so
+every rank applies the same test-only patches before it calls `vae.cli.main()`:
+- as in conftest.py, the synthetic files' MD5s are the ones that count, and there is no network:
+  "fetching" writes the synthetic files;
+- evaluation decodes the posterior mean (`posterior_mean_in_eval`), so that metrics depend on the
+  weights only and can be compared between runs with different numbers of ranks.
+Each rank also records what it fetched, and for every pass over a DataLoader the sampler Lightning
+gave it and the indices `__getitems__` received; at exit it writes them to `ddp-record-rank<R>.json`
+in the working directory, for the test to read.
+"""
+
+import atexit
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from tests.conftest import synthetic_files
+from vae import cli, mnist_files
+from vae.data import InMemoryMNIST
+from vae.model import VAE
+
+_vae_forward = VAE.forward
+
+
+def posterior_mean_in_eval(self: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`VAE.forward`, but in eval mode the decoder gets z = mu instead of a draw from q(z|x)."""
+    if self.training:
+        return _vae_forward(self, x)
+    mu, logvar = self.encode(x)
+    return self.decode(mu), mu, logvar
+
+
+def main() -> None:
+    files = synthetic_files()
+    record: dict[str, list] = {"fetched": [], "passes": []}
+
+    def fake_mirror(names, dest: Path) -> None:
+        for name in names:
+            record["fetched"].append(name)
+            (dest / name).write_bytes(files[name])
+
+    dataloader_iter, getitems = DataLoader.__iter__, InMemoryMNIST.__getitems__
+
+    def recording_iter(self: DataLoader):
+        record["passes"].append({"sampler": type(self.sampler).__name__, "size": len(self.dataset), "batches": []})
+        return dataloader_iter(self)
+
+    def recording_getitems(self: InMemoryMNIST, indices: list[int]):
+        record["passes"][-1]["batches"].append([int(i) for i in indices])
+        return getitems(self, indices)
+
+    def write_record() -> None:
+        rank = os.environ.get("LOCAL_RANK", "0")  # one machine: the local rank is the global rank
+        Path(f"ddp-record-rank{rank}.json").write_text(json.dumps(record))
+
+    mnist_files.MD5 = {name: hashlib.md5(content).hexdigest() for name, content in files.items()}
+    mnist_files.FETCHERS = (fake_mirror,)
+    VAE.forward = posterior_mean_in_eval
+    DataLoader.__iter__ = recording_iter
+    InMemoryMNIST.__getitems__ = recording_getitems
+    atexit.register(write_record)
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()

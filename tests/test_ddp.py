@@ -1,0 +1,184 @@
+"""Distributed data-parallel training for real: the `ddp` strategy on 2 CPU processes (gloo).
+
+One scenario, run once for the module, drives the command line as a user would, in one working
+directory: a 2-process fit of 1 epoch that starts from an empty data folder, a 2-process resume
+with `--ckpt_path last` to epoch 2, and a 2-process `test`. What each command left behind (its
+`lightning_logs/` and every rank's record, see tests/ddp_train.py) is copied aside; the tests read it.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TEST_SIZE, TRAIN_SIZE
+from tests.ddp_train import posterior_mean_in_eval
+from vae.cli import VAECLI
+from vae.model import VAE
+
+REPO = Path(__file__).resolve().parents[1]
+VAL_SIZE = 65  # odd: the two ranks evaluate 33 and 32 images, i.e. 2 batches and 1
+TRAIN = TRAIN_SIZE - VAL_SIZE  # 575, odd: Lightning's DistributedSampler pads it to 2 x 288
+STEPS_PER_EPOCH = 9  # 288 images per rank in batches of 32
+DATA = ["--data.val_size", str(VAL_SIZE), "--data.batch_size", "32"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+COMMANDS = {
+    "fit": ["fit", "--trainer.max_epochs", "1", "--model.hidden_dim", "16", "--model.latent_dim", "4"],
+    "resume": ["fit", "--trainer.max_epochs", "2", "--ckpt_path", "last"],
+    # test/nll is off: importance sampling draws noise per image even here (see the metric test)
+    "test": ["test", "--ckpt_path", "last", "--model.iw_samples", "0"],
+}
+
+
+def run_ddp(cwd: Path, args: list[str]) -> None:
+    """`python train.py ARGS` with 2 ranks; Lightning's launcher starts rank 1 as a child of rank 0."""
+    command = [sys.executable, str(REPO / "tests" / "ddp_train.py"), *args, *DATA, *QUIET, *DDP]
+    if args[0] == "fit":
+        command += ["--trainer.log_every_n_steps", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(cwd / "log.txt", "a") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            returncode = process.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and the rank it started
+            pytest.fail(f"{args} under DDP did not finish in 300 s: a collective that some rank never reached?")
+    assert returncode == 0, (cwd / "log.txt").read_text()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """For each command of COMMANDS, run in turn: a folder with a copy of its logs and its ranks' records."""
+    cwd = tmp_path_factory.mktemp("ddp")
+    after = {}
+    for name, args in COMMANDS.items():
+        run_ddp(cwd, args)
+        after[name] = tmp_path_factory.mktemp(f"after-{name}")
+        shutil.copytree(cwd / "lightning_logs", after[name] / "lightning_logs")
+        for record in cwd.glob("ddp-record-rank*.json"):
+            shutil.move(record, after[name] / record.name)
+    after["cwd"] = cwd
+    return after
+
+
+def records(folder: Path) -> list[dict]:
+    """What ranks 0 and 1 recorded (tests/ddp_train.py): files fetched, and their passes over DataLoaders."""
+    return [json.loads((folder / f"ddp-record-rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def passes(folder: Path, size: int) -> list[list[list[list[int]]]]:
+    """Per rank, per pass over the dataset of `size` images, per batch: the indices it was sliced with."""
+    return [[p["batches"] for p in record["passes"] if p["size"] == size] for record in records(folder)]
+
+
+def samplers(folder: Path) -> set[tuple[int, str]]:
+    """(dataset size, class of the sampler Lightning used) of every pass, on either rank."""
+    return {(p["size"], p["sampler"]) for record in records(folder) for p in record["passes"]}
+
+
+def events(run: Path) -> dict[str, list[tuple[int, float | None]]]:
+    """Every scalar and image event of the run, by tag: (step, value), value None for images."""
+    found: dict[str, list] = {}
+    for f in sorted(run.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            found.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        for tag in acc.Tags()["images"]:
+            found.setdefault(tag, []).extend((e.step, None) for e in acc.Images(tag))
+    return found
+
+
+def test_data_is_fetched_once_and_every_epoch_is_split_between_the_ranks(ddp):
+    rank0, rank1 = records(ddp["fit"])  # the fit started from an empty data folder
+    assert sorted(rank0["fetched"]) == sorted(
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    )
+    assert rank1["fetched"] == []  # rank 1 waited for rank 0's prepare_data, then read the files
+
+    # Training: Lightning wrapped the resumable sampler in a DistributedSampler (its
+    # DistributedSamplerWrapper); __getitems__ got each rank's shard. 575 images
+    # on 2 ranks: 288 each, so one image (the padding) is seen by both ranks, every other one by one.
+    assert samplers(ddp["fit"]) == {(TRAIN, "DistributedSamplerWrapper"), (VAL_SIZE, "UnrepeatedDistributedSampler")}
+    epochs = []
+    for after in ("fit", "resume"):
+        (batches0,), (batches1,) = passes(ddp[after], TRAIN)  # one pass over the training set per rank
+        assert [len(b) for b in batches0] == [len(b) for b in batches1] == [32] * STEPS_PER_EPOCH
+        rank0, rank1 = sum(batches0, []), sum(batches1, [])
+        assert len(rank0) == len(set(rank0)) == len(rank1) == len(set(rank1)) == 288
+        assert set(rank0) | set(rank1) == set(range(TRAIN)) and len(set(rank0) & set(rank1)) == 1
+        epochs.append(rank0)
+    assert epochs[0] != epochs[1]  # the resumed epoch is shuffled afresh (the sampler's epoch was set)
+
+    # Evaluation: every image exactly once over the ranks, none padded, on each pass (sanity check included).
+    for after, size in (("fit", VAL_SIZE), ("resume", VAL_SIZE), ("test", TEST_SIZE)):
+        shards = passes(ddp[after], size)
+        assert len(shards[0]) == len(shards[1]) >= 1
+        for batches0, batches1 in zip(*shards, strict=True):
+            assert sorted(sum(batches0 + batches1, [])) == list(range(size))
+    # 33 images on rank 0, 32 on rank 1: ranks run different numbers of evaluation batches, safely
+    assert [[len(b) for b in batches] for batches in passes(ddp["fit"], VAL_SIZE)[0]] == [[32, 1], [32, 1]]
+    assert [[len(b) for b in batches] for batches in passes(ddp["fit"], VAL_SIZE)[1]] == [[32], [32]]
+    assert samplers(ddp["test"]) == {(TEST_SIZE, "UnrepeatedDistributedSampler")}
+
+
+def test_one_run_directory_checkpoints_and_images_written_once_and_resume_continues(ddp):
+    for after in ("fit", "resume", "test"):
+        assert [p.name for p in (ddp[after] / "lightning_logs").iterdir()] == ["version_0"]
+
+    fit_run, resumed_run = ddp["fit"] / "lightning_logs/version_0", ddp["resume"] / "lightning_logs/version_0"
+    assert sorted(p.name for p in (fit_run / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+    names = sorted(p.name for p in (resumed_run / "checkpoints").iterdir())
+    assert len(names) == 2 and names[0].startswith("best-epoch") and names[1] == "last.ckpt"
+    first = torch.load(fit_run / "checkpoints/last.ckpt", weights_only=True)
+    last = torch.load(resumed_run / "checkpoints/last.ckpt", weights_only=True)
+    assert (first["epoch"], first["global_step"]) == (0, STEPS_PER_EPOCH)
+    assert (last["epoch"], last["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
+
+    # One event file per command, i.e. only rank 0 logs; the curves carry on across the resume.
+    assert len(list(fit_run.glob("events.out.tfevents.*"))) == 1
+    assert len(list(resumed_run.glob("events.out.tfevents.*"))) == 2
+    logged = events(resumed_run)
+    assert [step for step, _ in logged["train/loss"]] == list(range(2 * STEPS_PER_EPOCH))
+    assert [step for step, _ in logged["val/loss"]] == [STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1]
+    for tag in ("val/reconstructions", "samples/prior"):
+        assert [step for step, _ in logged[tag]] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+
+    tested = ddp["test"] / "lightning_logs/version_0"
+    assert (tested / "test_metrics.json").is_file() and (tested / "test_config.yaml").is_file()
+    assert "max_epochs: 2" in (tested / "config.yaml").read_text()  # the resumed fit's config, kept by test
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # no logger here: nothing to reload
+def test_metrics_over_two_ranks_equal_one_process_on_the_same_weights(ddp, tmp_path, monkeypatch):
+    """The reduction across ranks is exact: each image counted once, sums and counts combined.
+
+    Evaluation decodes the posterior mean here (in the DDP runs too, see tests/ddp_train.py): with
+    a draw z ~ q(z|x), each image's loss would depend on which noise it met, and that depends on
+    how the images were dealt to ranks and batches, so 1 and 2 ranks would give two different
+    Monte-Carlo estimates of the same expectation and could not agree to float precision.
+    """
+    monkeypatch.setattr(VAE, "forward", posterior_mean_in_eval)
+    monkeypatch.chdir(tmp_path)
+    one_process = [*DATA, *QUIET, "--data.data_dir", str(ddp["cwd"] / "data"), "--trainer.logger", "false",
+                   "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+
+    # val/loss of the resumed fit's last epoch, computed by 2 ranks, for the weights in last.ckpt
+    ckpt = ddp["resume"] / "lightning_logs/version_0/checkpoints/last.ckpt"
+    (_, two_ranks), = events(ddp["resume"] / "lightning_logs/version_0")["val/loss"][-1:]
+    cli = VAECLI(args=["validate", "--ckpt_path", str(ckpt), *one_process])
+    assert cli.trainer.callback_metrics["val/loss"].item() == pytest.approx(two_ranks, rel=1e-6)
+
+    record = json.loads((ddp["test"] / "lightning_logs/version_0/test_metrics.json").read_text())
+    cli = VAECLI(args=["test", "--ckpt_path", str(ckpt), "--model.iw_samples", "0", *one_process])
+    for name, value in record["metrics"].items():
+        assert cli.trainer.callback_metrics[name].item() == pytest.approx(value, rel=1e-6), name
