@@ -34,6 +34,7 @@ from vae.cli import VAECLI  # noqa: E402
 from vae.data import MNISTDataModule  # noqa: E402
 from vae.elbo import negative_elbo  # noqa: E402
 from vae.model import VAE  # noqa: E402
+from vae.module import VAEModule  # noqa: E402
 
 
 class EpochClock(Callback):
@@ -80,8 +81,8 @@ def project_epochs(
 def bare_epochs(hidden: int, batch_size: int, epochs: int, device: torch.device, images: torch.Tensor) -> list[float]:
     """The loop a careful person writes by hand: no framework, no logging, no checkpoints."""
     torch.manual_seed(0)
-    model = VAE(hidden, 20).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    module = VAEModule(hidden_dim=hidden).to(device)  # for the same network and optimiser, not for Lightning
+    model, optimizer = module.model, module.configure_optimizers()
     images = images.to(device)
     times = []
     for _ in range(epochs):
