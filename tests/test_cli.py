@@ -164,3 +164,19 @@ def test_every_shipped_config_parses(config, capsys):
         VAECLI(args=["fit", "--config", str(config), "--print_config"])
     assert exit_.value.code in (0, None)
     assert "hidden_dim" in capsys.readouterr().out
+
+
+def test_a_checkpoint_with_another_architecture_is_refused_before_a_run_exists(in_tmp, data_dir):
+    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)  # hidden_dim 32
+    ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
+    with pytest.raises(CheckpointError, match="hidden_dim=32, but --model.hidden_dim 64 was given"):
+        run_cli("test", "--ckpt_path", ckpt, "--model.hidden_dim", "64", data_dir=data_dir)
+    assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == ["version_0"]
+
+
+def test_test_uses_the_data_the_checkpoint_was_trained_on(in_tmp, data_dir):
+    run_cli("fit", "--trainer.max_epochs", "1", "--data.binarize", "dynamic", data_dir=data_dir)
+    ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
+    cli = run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "0", data_dir=data_dir)
+    assert cli.datamodule.binarize == "dynamic"
+    assert set(cli.datamodule.test_set.images.unique().tolist()) == {0, 255}

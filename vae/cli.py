@@ -17,6 +17,7 @@ Lightning traps this file designs around:
   with. Here evaluation settings (`EVALUATION_SETTINGS`) keep the command line's value.
 """
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -40,6 +41,10 @@ LOGS_DIR = "lightning_logs"
 PROGRESS_BAR_REFRESH_STEPS = 10
 # Model options that say how to evaluate, not what was trained: never taken from a checkpoint.
 EVALUATION_SETTINGS = ("iw_samples",)
+# Model options that fix the shapes of the weights: a checkpoint cannot be loaded into others.
+ARCHITECTURE = ("hidden_dim", "latent_dim")
+# Data options that say what the model was trained and validated on: a checkpoint supplies them.
+DATA_OF_THE_RUN = ("binarize", "val_size", "split_seed")
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -107,10 +112,31 @@ class VAECLI(LightningCLI):
             config.ckpt_path = str(find_last_checkpoint(Path(logger_args.save_dir) / (logger_args.name or "")))
             print(f"Resuming from {config.ckpt_path}", file=sys.stderr)
         checkpoint = Path(config.ckpt_path)
-        check_checkpoint(checkpoint)
+        saved = check_checkpoint(checkpoint)
+        self._agree_with_checkpoint(config, checkpoint, saved)
         run_dir = run_dir_of(checkpoint)
         if run_dir is not None and logger_args is not None and "version" in logger_args:
             logger_args.save_dir, logger_args.name, logger_args.version = str(run_dir.parent), "", run_dir.name
+
+    @staticmethod
+    def _agree_with_checkpoint(config, checkpoint: Path, saved: dict) -> None:
+        """An architecture the checkpoint does not have is an error; data options left at their
+        defaults become the run's own (so `test` sees the data the model was trained on)."""
+        model_defaults = inspect.signature(VAEModule).parameters
+        trained = saved.get("hyper_parameters", {})
+        for name in ARCHITECTURE:
+            asked = config.model[name]
+            if name in trained and asked not in (trained[name], model_defaults[name].default):
+                raise CheckpointError(
+                    f"--ckpt_path {checkpoint} holds a model with {name}={trained[name]}, but --model.{name} "
+                    f"{asked} was given. A checkpoint's weights only fit its own architecture: drop "
+                    f"--model.{name} to use the checkpoint's, or start a new run without --ckpt_path."
+                )
+        data_defaults = inspect.signature(MNISTDataModule).parameters
+        data = saved.get("datamodule_hyper_parameters", {})
+        for name in DATA_OF_THE_RUN:
+            if name in data and config.data[name] == data_defaults[name].default:
+                config.data[name] = data[name]
 
     def before_instantiate_classes(self) -> None:
         """Runs after LightningCLI applied the checkpoint's hyperparameters: put evaluation settings back;
