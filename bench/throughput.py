@@ -58,12 +58,17 @@ class EpochClock(Callback):
         self.whole.append(end - self._start)
 
 
-class FirstStepClock(Callback):
-    """Injected into a `python train.py` subprocess: prints the wall clock at its first step."""
+class ChildReport(Callback):
+    """Injected into a `python train.py` subprocess: prints the wall clock at its first step, and
+    its own peak resident memory when fit ends (the parent's RUSAGE_CHILDREN would also count the
+    moment the child was forked from this large process)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == 0:
             print(f"FIRST_STEP_AT {time.time()}", flush=True)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        print(f"PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
 
 
 def project_epochs(
@@ -109,12 +114,12 @@ def startup_and_memory(data_dir: str, accelerator: str) -> tuple[float, float]:
     """Seconds from launching `python train.py` to its first step, and its peak RSS in GiB."""
     with tempfile.TemporaryDirectory() as cwd:
         cmd = [sys.executable, str(REPO / "train.py"), "--trainer.max_epochs=1", f"--data.data_dir={data_dir}"]
-        cmd += [f"--trainer.accelerator={accelerator}", "--trainer.callbacks+=throughput.FirstStepClock"]
+        cmd += [f"--trainer.accelerator={accelerator}", "--trainer.callbacks+=throughput.ChildReport"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
         launched = time.time()
         out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
     first_step = float(re.search(r"FIRST_STEP_AT (\S+)", out).group(1))
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB
+    peak_kib = int(re.search(r"PEAK_RSS_KIB (\d+)", out).group(1))  # Linux reports KiB
     return first_step - launched, peak_kib / 2**20
 
 
