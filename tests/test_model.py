@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from vae.model import VAE
@@ -47,3 +48,26 @@ def test_output_bias_starts_at_the_pixel_means():
         for layer in (model.decoder[0], model.decoder[2]):
             layer.weight.zero_()
     torch.testing.assert_close(model.sample(3), pixel_mean.expand(3, 1, 28, 28))
+
+
+def test_the_conv_architecture_has_the_same_interface():
+    model = VAE(hidden_dim=32, latent_dim=3, arch="conv")
+    x = torch.rand(4, 1, 28, 28)
+    logits, mu, logvar = model(x)
+    assert logits.shape == x.shape and mu.shape == logvar.shape == (4, 3)
+    assert model.sample(2).shape == (2, 1, 28, 28) and model.reconstruct(x).shape == x.shape
+    assert any(isinstance(m, torch.nn.Conv2d) for m in model.encoder)
+
+
+def test_conv_output_bias_starts_at_the_pixel_means():
+    model = VAE(hidden_dim=16, latent_dim=2, arch="conv")
+    pixel_mean = torch.rand(1, 28, 28) * 0.9 + 0.05
+    model.init_output_bias(pixel_mean)
+    with torch.no_grad():
+        model.decoder[-2].weight.zero_()  # the last transposed convolution contributes nothing
+    torch.testing.assert_close(model.sample(2), pixel_mean.expand(2, 1, 28, 28))
+
+
+def test_an_unknown_architecture_names_the_option():
+    with pytest.raises(ValueError, match="--model.arch must be one of mlp, conv"):
+        VAE(arch="transformer")

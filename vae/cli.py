@@ -42,7 +42,7 @@ PROGRESS_BAR_REFRESH_STEPS = 10
 # Model options that say how to evaluate, not what was trained: never taken from a checkpoint.
 EVALUATION_SETTINGS = ("iw_samples",)
 # Model options that fix the shapes of the weights: a checkpoint cannot be loaded into others.
-ARCHITECTURE = ("hidden_dim", "latent_dim")
+ARCHITECTURE = ("arch", "hidden_dim", "latent_dim")
 # Data options that say what the model was trained and validated on: a checkpoint supplies them.
 DATA_OF_THE_RUN = ("binarize", "val_size", "split_seed")
 

@@ -1,8 +1,13 @@
-"""The networks of the classic MLP VAE (Kingma & Welling 2014). Plain PyTorch, no Lightning.
+"""The networks of the VAE (Kingma & Welling 2014). Plain PyTorch, no Lightning.
+
+The classic MLP VAE (`arch="mlp"`, the default):
 
     encoder  x(784) -> Linear(hidden) -> ReLU -> (mu, logvar), each Linear(hidden -> latent)
     z        mu + exp(0.5 * logvar) * eps,  eps ~ N(0, I)
     decoder  z -> Linear(hidden) -> ReLU -> Linear(784) -> Bernoulli logits
+
+and a convolutional one sized for 28x28 (`arch="conv"`): two stride-2 convolutions (28 -> 14 -> 7)
+before the hidden layer, and their transposes after it, then a per-pixel output bias.
 
 Images go in as (B, 1, 28, 28) floats in [0, 1]; the decoder returns logits of the same shape, so
 the loss (`vae.elbo`) never needs to know which architecture produced them.
@@ -15,19 +20,61 @@ IMAGE_SHAPE = (1, 28, 28)
 IMAGE_PIXELS = 28 * 28
 
 
-class VAE(nn.Module):
-    def __init__(self, hidden_dim: int = 512, latent_dim: int = 20) -> None:
+class PixelBias(nn.Module):
+    """A learned logit offset per pixel, for a last layer whose own bias is one per channel."""
+
+    def __init__(self) -> None:
         super().__init__()
+        self.bias = nn.Parameter(torch.zeros(IMAGE_SHAPE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+def mlp(hidden_dim: int, latent_dim: int) -> tuple[nn.Module, nn.Module]:
+    """(encoder x -> h, decoder z -> logits) of the classic MLP VAE."""
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_PIXELS, hidden_dim), nn.ReLU())
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim, hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, IMAGE_PIXELS),  # its bias is one per pixel already
+        nn.Unflatten(1, IMAGE_SHAPE),
+    )
+    return encoder, decoder
+
+
+def conv(hidden_dim: int, latent_dim: int, channels: int = 64) -> tuple[nn.Module, nn.Module]:
+    """(encoder x -> h, decoder z -> logits): stride-2 convolutions 28 -> 14 -> 7 and back."""
+    c, half = channels, channels // 2
+    encoder = nn.Sequential(
+        nn.Conv2d(1, half, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(half, c, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(c * 7 * 7, hidden_dim), nn.ReLU(),
+    )  # fmt: skip
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
+        nn.Linear(hidden_dim, c * 7 * 7), nn.ReLU(), nn.Unflatten(1, (c, 7, 7)),
+        nn.ConvTranspose2d(c, half, 4, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(half, 1, 4, stride=2, padding=1, bias=False),
+        PixelBias(),
+    )  # fmt: skip
+    return encoder, decoder
+
+
+ARCHITECTURES = {"mlp": mlp, "conv": conv}
+
+
+class VAE(nn.Module):
+    """q(z|x) = N(mu, exp(logvar)), p(z) = N(0, I), p(x|z) Bernoulli, around an encoder/decoder pair."""
+
+    def __init__(self, hidden_dim: int = 512, latent_dim: int = 20, arch: str = "mlp") -> None:
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"--model.arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}.")
         self.latent_dim = latent_dim
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_PIXELS, hidden_dim), nn.ReLU())
+        self.encoder, self.decoder = ARCHITECTURES[arch](hidden_dim, latent_dim)
         self.to_mu = nn.Linear(hidden_dim, latent_dim)
         self.to_logvar = nn.Linear(hidden_dim, latent_dim)
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, IMAGE_PIXELS),
-            nn.Unflatten(1, IMAGE_SHAPE),
-        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters of q(z|x) = N(mu, exp(logvar)), each (B, latent_dim)."""
@@ -56,7 +103,8 @@ class VAE(nn.Module):
         noise, which removes the first epoch's detour (Burda et al. 2015 initialise this way).
         """
         eps = 1.0 / 255
-        self.decoder[-2].bias.copy_(torch.logit(pixel_mean.clamp(eps, 1 - eps)).flatten())
+        last = self.decoder[-1] if isinstance(self.decoder[-1], PixelBias) else self.decoder[-2]
+        last.bias.copy_(torch.logit(pixel_mean.clamp(eps, 1 - eps)).reshape_as(last.bias))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from vae.elbo import importance_weighted_nll, negative_elbo
 from vae.model import VAE
 
 TERMS = ("loss", "recon", "kl")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class VAEModule(LightningModule):
@@ -27,7 +28,14 @@ class VAEModule(LightningModule):
     Args:
         hidden_dim: width of the encoder's and the decoder's hidden layer.
         latent_dim: dimensions of z.
-        lr: Adam's learning rate.
+        arch: "mlp" (the classic 784-hidden-latent network) or "conv" (see `vae.model`).
+        lr: Adam's (peak) learning rate.
+        lr_schedule: "constant", or "cosine": from `lr` down to 0 over the run's planned steps
+            (`max_epochs` or `max_steps`; a run cut short by `max_time` stops before the end).
+        beta: weight of the KL term in the training loss (1: the ELBO). Whatever it is,
+            `train/loss`, `val/loss` and `test/loss` report the true negative ELBO (beta = 1).
+        kl_warmup_epochs: raise the KL weight linearly from 0 to `beta` over this many epochs
+            (0: no warm-up); a remedy for posterior collapse early in training.
         init_output_bias: start the decoder's output bias at the logit of each pixel's mean over the
             training images (taken from the datamodule's `pixel_mean()`); a checkpoint's weights,
             when resuming, replace it.
@@ -42,7 +50,11 @@ class VAEModule(LightningModule):
         self,
         hidden_dim: int = 512,
         latent_dim: int = 20,
+        arch: str = "mlp",
         lr: float = 1e-3,
+        lr_schedule: str = "constant",
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
         init_output_bias: bool = True,
         iw_samples: int = 100,
     ) -> None:
@@ -50,10 +62,14 @@ class VAEModule(LightningModule):
         for name, value in (("hidden_dim", hidden_dim), ("latent_dim", latent_dim), ("lr", lr)):
             if not value > 0:
                 raise ValueError(f"--model.{name} must be positive, got {value}.")
+        if beta < 0 or kl_warmup_epochs < 0:
+            raise ValueError(f"--model.beta and --model.kl_warmup_epochs must be >= 0, got {beta}, {kl_warmup_epochs}.")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--model.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}.")
         if iw_samples < 0:
             raise ValueError(f"--model.iw_samples must be 0 (no test/nll) or a number of samples, got {iw_samples}.")
         self.save_hyperparameters()
-        self.model = VAE(hidden_dim, latent_dim)
+        self.model = VAE(hidden_dim, latent_dim, arch)
         self.metrics = nn.ModuleDict(
             {
                 "val": nn.ModuleDict({term: MeanMetric() for term in TERMS}),
@@ -85,14 +101,23 @@ class VAEModule(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
-        loss, _, _ = negative_elbo(*self._pass(x))
-        loss = loss.mean()
+        loss, recon, kl = negative_elbo(*self._pass(x))
+        weight = self._kl_weight()
+        objective = loss.mean() if weight == 1 else (recon + weight * kl).mean()
         # Only on the steps the logger writes (every `log_every_n_steps`, as Lightning counts them):
         # each `self.log` call costs Lightning ~0.5 ms of bookkeeping, a tenth of a CPU step here.
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
-        return loss
+            self.log("train/loss", loss.mean(), prog_bar=True, batch_size=len(x))  # the true -ELBO
+        return objective
+
+    def _kl_weight(self) -> float:
+        """beta, ramped up linearly over the first `kl_warmup_epochs` epochs (step by step)."""
+        beta, warmup = self.hparams.beta, self.hparams.kl_warmup_epochs
+        if not warmup:
+            return beta
+        progress = (self.global_step + 1) / (warmup * self.trainer.num_training_batches)
+        return beta * min(1.0, progress)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -127,9 +152,14 @@ class VAEModule(LightningModule):
         """Posterior-mean reconstructions of x ((B, 1, 28, 28) in [0, 1]), as pixel means."""
         return self.model.reconstruct(x)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):  # -> Optimizer, or {"optimizer", "lr_scheduler"}
         # fused: one kernel for all parameters instead of ~10 small ops per tensor; same maths
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        steps = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def _pass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Arguments of `negative_elbo` for one stochastic pass over x."""
