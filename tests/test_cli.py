@@ -49,7 +49,8 @@ def test_fit_makes_a_run_with_logs_images_config_and_checkpoints(in_tmp, data_di
     assert [p.name for p in (run / "checkpoints").glob("best-*.ckpt")] == ["best-epoch000.ckpt"]
     assert "max_epochs: 1" in (run / "config.yaml").read_text()
     scalars, images = events(run)
-    assert {"train/loss", "val/loss", "val/recon", "val/kl"} <= scalars
+    assert {"train/loss", "val/loss", "val/recon", "val/kl", "val/active_units", "val_kl_per_dim/z03"} <= scalars
+    assert (run / "projector_config.pbtxt").is_file()  # the test set's posterior means, for the PROJECTOR tab
     assert not any("nll" in tag for tag in scalars)  # the importance-weighted bound is for test only
     assert images == {"val/reconstructions", "val/interpolations", "samples/prior"}
 
@@ -85,7 +86,10 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(in_tmp, data_dir):
     ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
     run_cli("test", "--ckpt_path", str(ckpt), data_dir=data_dir)
     record = json.loads((in_tmp / "lightning_logs/version_0/test_metrics.json").read_text())
-    assert set(record["metrics"]) == {"test/loss", "test/recon", "test/kl", "test/nll"}
+    kl_per_dim = {f"test_kl_per_dim/z{u:02d}" for u in range(4)}
+    terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/active_units"}
+    assert set(record["metrics"]) == terms | kl_per_dim
+    assert sum(record["metrics"][k] for k in kl_per_dim) == pytest.approx(record["metrics"]["test/kl"], rel=1e-4)
     metrics = record["metrics"]
     assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], rel=1e-5)
     assert record["ckpt_path"] == str(ckpt)

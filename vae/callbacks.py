@@ -15,7 +15,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from vae.pictures import image_grid, interpolation_grid, reconstruction_grid
 
 # The scalars shown as columns in TensorBoard's HPARAMS tab (it reads their latest values).
-HPARAMS_METRICS = ("val/loss", "val/recon", "val/kl", "test/loss", "test/recon", "test/kl", "test/nll")
+HPARAMS_METRICS = (
+    "val/loss", "val/recon", "val/kl", "val/active_units",
+    "test/loss", "test/recon", "test/kl", "test/nll", "test/active_units",
+)  # fmt: skip
 
 
 def _tensorboard(trainer: Trainer):  # -> SummaryWriter | None
@@ -63,6 +66,26 @@ class ImageGrids(Callback):
         self._inputs = None
 
 
+class LatentProjector(Callback):
+    """At the end of fit: the test set's posterior means in TensorBoard's embedding projector
+    (PROJECTOR tab), labelled by digit, each point shown as its image."""
+
+    @torch.no_grad()
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        writer, datamodule = _tensorboard(trainer), trainer.datamodule
+        if not trainer.is_global_zero or writer is None or getattr(datamodule, "test_set", None) is None:
+            return
+        images, labels = datamodule.test_set.images, datamodule.test_set.labels
+        means = []
+        for start in range(0, len(images), 1000):
+            batch = (images[start : start + 1000].to(pl_module.device), labels[start : start + 1000])
+            x, _ = datamodule.on_after_batch_transfer(batch, 0)
+            means.append(pl_module.model.encode(x)[0].cpu())
+        thumbnails = images.unsqueeze(1).float() / 255
+        writer.add_embedding(torch.cat(means), metadata=labels.tolist(), label_img=thumbnails,
+                             global_step=trainer.global_step, tag="test/posterior_means")
+
+
 class HParamsWithMetrics(Callback):
     """Puts the run's hyperparameters in TensorBoard's HPARAMS tab, with the final metrics beside them.
 
@@ -98,7 +121,7 @@ class TestMetricsJSON(Callback):
         log_dir = trainer.log_dir  # a broadcast from rank 0: every rank must ask, or DDP stalls or crashes
         if not trainer.is_global_zero or log_dir is None:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")}
         record = {"ckpt_path": trainer.ckpt_path, "metrics": metrics, "hparams": dict(pl_module.hparams)}
         path = Path(log_dir) / "test_metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from vae.callbacks import HParamsWithMetrics, ImageGrids, StopOnNonFiniteLoss, TestMetricsJSON
+from vae.callbacks import HParamsWithMetrics, ImageGrids, LatentProjector, StopOnNonFiniteLoss, TestMetricsJSON
 from vae.checkpoints import (
     CheckpointError,
     RunCheckpoint,
@@ -74,6 +74,7 @@ class VAECLI(LightningCLI):
                 },
                 "callbacks": [
                     ImageGrids(),
+                    LatentProjector(),
                     HParamsWithMetrics(),
                     TestMetricsJSON(),
                     StopOnNonFiniteLoss(),

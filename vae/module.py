@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from vae.elbo import importance_weighted_nll, negative_elbo
+from vae.latents import LatentUsage
 from vae.model import VAE
 
 TERMS = ("loss", "recon", "kl")
@@ -76,6 +77,7 @@ class VAEModule(LightningModule):
                 "test": nn.ModuleDict({term: MeanMetric() for term in (*TERMS, "nll")}),
             }
         )
+        self.latent_usage = nn.ModuleDict({stage: LatentUsage(latent_dim) for stage in ("val", "test")})
 
     def setup(self, stage: str) -> None:
         # Runs after the datamodule's setup and before a checkpoint is restored.
@@ -168,7 +170,23 @@ class VAEModule(LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, _ = batch
-        for term, values in zip(TERMS, negative_elbo(*self._pass(x)), strict=True):
+        logits, x, mu, logvar = self._pass(x)
+        for term, values in zip(TERMS, negative_elbo(logits, x, mu, logvar), strict=True):
             metric = self.metrics[stage][term]
             metric.update(values)
             self.log(f"{stage}/{term}", metric, prog_bar=term == "loss", batch_size=len(x))
+        self.latent_usage[stage].update(mu, logvar)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_latent_usage("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_latent_usage("test")
+
+    def _log_latent_usage(self, stage: str) -> None:
+        """`<stage>/active_units` and the KL of each latent dimension, `<stage>_kl_per_dim/zNN`."""
+        usage = self.latent_usage[stage]
+        active, kl_per_dim = usage.compute()
+        usage.reset()
+        self.log(f"{stage}/active_units", active.float())
+        self.log_dict({f"{stage}_kl_per_dim/z{u:02d}": kl for u, kl in enumerate(kl_per_dim)})
