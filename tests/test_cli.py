@@ -9,6 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vae import mnist_files
 from vae.checkpoints import CheckpointError
 from vae.cli import VAECLI
 
@@ -184,3 +185,17 @@ def test_test_uses_the_data_the_checkpoint_was_trained_on(in_tmp, data_dir):
     cli = run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "0", data_dir=data_dir)
     assert cli.datamodule.binarize == "dynamic"
     assert set(cli.datamodule.test_set.images.unique().tolist()) == {0, 255}
+
+
+def test_an_unwritable_log_folder_is_reported_before_training(in_tmp, data_dir):
+    (in_tmp / "lightning_logs").write_text("a file where the runs should go")
+    with pytest.raises(CheckpointError, match="cannot write runs under lightning_logs"):
+        run_cli("fit", data_dir=data_dir)
+    assert (in_tmp / "lightning_logs").read_text() == "a file where the runs should go"
+
+
+def test_missing_data_that_cannot_be_fetched_stops_before_a_run_exists(in_tmp, tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist_files, "FETCHERS", ())  # nothing on disk, no source answers
+    with pytest.raises(mnist_files.MNISTFilesError, match="train-images-idx3-ubyte.*by hand"):
+        run_cli("fit", data_dir=tmp_path / "empty")
+    assert not list((in_tmp / "lightning_logs").glob("version_*"))

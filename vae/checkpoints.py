@@ -6,6 +6,7 @@ Checkpoints are pickles, so they are only ever loaded with `weights_only=True`.
 """
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,19 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict).")
     return checkpoint
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before training, not at the first checkpoint, if runs cannot be written under `folder`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write runs under {folder}/ ({err.strerror or err}); existing runs there are untouched. Run from "
+            "a writable directory, or choose another with --trainer.logger.init_args.save_dir PATH."
+        ) from None
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

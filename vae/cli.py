@@ -30,6 +30,7 @@ from vae.checkpoints import (
     CheckpointError,
     RunCheckpoint,
     check_checkpoint,
+    check_writable,
     find_last_checkpoint,
     run_dir_of,
 )
@@ -103,10 +104,12 @@ class VAECLI(LightningCLI):
             return
         config = self.config[self.config.subcommand]
         self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
-        if config.get("ckpt_path") is None:
-            return
         logger = config.trainer.logger
         logger_args = logger.init_args if hasattr(logger, "init_args") else None
+        if logger_args is not None and "save_dir" in logger_args:
+            check_writable(Path(logger_args.save_dir) / (logger_args.get("name") or ""))
+        if config.get("ckpt_path") is None:
+            return
         if config.ckpt_path == "last":
             if logger_args is None:
                 raise CheckpointError("--ckpt_path last needs a logger to know where runs are; pass a .ckpt path.")
