@@ -103,6 +103,7 @@ def ensure_mnist(data_dir: str | Path, fetchers: Iterable[Fetcher] | None = None
     for fetch in fetchers if fetchers is not None else FETCHERS:
         if not missing:
             break
+        print(f"MNIST: {len(missing)} file(s) not in {dest}, trying {fetch.__name__} ...", file=sys.stderr)
         fetch(missing, dest)
         missing = [name for name in missing if not _usable(dest / name)]
     if missing:
