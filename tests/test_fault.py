@@ -22,8 +22,8 @@ LAUNCHER = Path(__file__).with_name("train_synthetic.py")
 # Big enough that a checkpoint write takes a few milliseconds (so a kill can land inside one),
 # small enough that two epochs take seconds.
 ARGS = [
-    "--model.hidden_dim=512", "--data.val_size=64", "--data.batch_size=32", "--trainer.max_epochs=3",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    "--model.hidden_dim=512", "--data.val_size=64", "--data.batch_size=32",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.max_epochs=5",
     "--checkpoint.save_last_every_n_steps=4",
 ]
 
@@ -74,7 +74,7 @@ def reference(tmp_path_factory, files) -> dict:
     return weights(cwd)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_sigkilled_runs_resume_to_the_same_weights(tmp_path, files, reference, seed):
     write_data_dir(tmp_path, files)
     checkpoints = tmp_path / "lightning_logs/version_0/checkpoints"
@@ -84,9 +84,9 @@ def test_sigkilled_runs_resume_to_the_same_weights(tmp_path, files, reference, s
 
     process = start(tmp_path)
     while kills < 4:
-        # the first kill waits for a checkpoint; then half the kills land inside a checkpoint write
-        during_write = kills > 0 and rng.random() < 0.5
-        condition = partial.exists if during_write else seconds_after_it_exists(last, rng.uniform(0, 2.0))
+        # the first kill waits for a checkpoint; the second and fourth land inside a checkpoint write
+        during_write = kills % 2 == 1
+        condition = partial.exists if during_write else seconds_after_it_exists(last, rng.uniform(0, 1.0))
         if not kill_when(process, condition):
             break  # it finished first
         kills += 1
@@ -95,7 +95,8 @@ def test_sigkilled_runs_resume_to_the_same_weights(tmp_path, files, reference, s
         process = start(tmp_path, "--ckpt_path=last")
     finish(process)
 
-    assert kills >= 1
+    print(f"seed {seed}: {kills} kills, {in_writes} inside a checkpoint write")
+    assert kills >= 2 and in_writes >= 1
     result = weights(tmp_path)
     assert (result["epoch"], result["global_step"]) == (reference["epoch"], reference["global_step"])
     for key, value in reference["state_dict"].items():
