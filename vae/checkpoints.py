@@ -6,7 +6,6 @@ Checkpoints are pickles, so they are only ever loaded with `weights_only=True`.
 """
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -144,16 +143,16 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail before training, not at the first checkpoint, if runs cannot be written under `folder`."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
+    """Fail before training, not at the first checkpoint, if runs cannot be written under `folder`
+    (creating nothing: the nearest existing folder on its path must be a writable folder)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
         raise CheckpointError(
-            f"cannot write runs under {folder}/ ({err.strerror or err}); existing runs there are untouched. Run from "
-            "a writable directory, or choose another with --trainer.logger.init_args.save_dir PATH."
-        ) from None
+            f"cannot write runs under {folder}/: {existing} is not a writable folder; existing runs there are "
+            "untouched. Run from a writable directory, or choose another with --trainer.logger.init_args.save_dir PATH."
+        )
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

@@ -106,10 +106,13 @@ class VAECLI(LightningCLI):
         self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
         logger = config.trainer.logger
         logger_args = logger.init_args if hasattr(logger, "init_args") else None
+        if config.get("ckpt_path") is not None:
+            self._resolve_checkpoint(config, logger_args)
         if logger_args is not None and "save_dir" in logger_args:
             check_writable(Path(logger_args.save_dir) / (logger_args.get("name") or ""))
-        if config.get("ckpt_path") is None:
-            return
+
+    def _resolve_checkpoint(self, config, logger_args) -> None:
+        """`last` -> a file; check the file; pin the logger to the checkpoint's own run directory."""
         if config.ckpt_path == "last":
             if logger_args is None:
                 raise CheckpointError("--ckpt_path last needs a logger to know where runs are; pass a .ckpt path.")
