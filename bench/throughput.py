@@ -94,7 +94,7 @@ def bare_epochs(hidden: int, batch_size: int, epochs: int, device: torch.device,
         start = time.perf_counter()
         order = torch.randperm(len(images), device=device)
         for i in range(0, len(images), batch_size):
-            x = images[order[i : i + batch_size]].unsqueeze(1).float().div_(255)
+            x = images.index_select(0, order[i : i + batch_size]).unsqueeze(1).float().div_(255)  # as the project
             loss = negative_elbo(*_pass(model, x))[0].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

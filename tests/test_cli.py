@@ -4,14 +4,20 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.conftest import TEST_SIZE
 from vae import mnist_files
+from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
 from vae.cli import VAECLI
+from vae.data import MNISTDataModule
+from vae.module import VAEModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,8 +58,19 @@ def test_fit_makes_a_run_with_logs_images_config_and_checkpoints(in_tmp, data_di
     scalars, images = events(run)
     assert {"train/loss", "val/loss", "val/recon", "val/kl", "val/active_units", "val_kl_per_dim/z03"} <= scalars
     assert (run / "projector_config.pbtxt").is_file()  # the test set's posterior means, for the PROJECTOR tab
+    (metadata,) = run.glob("*/test*posterior_means/metadata.tsv")
+    assert len(metadata.read_text().splitlines()) == TEST_SIZE  # one labelled point per test image (<= 1,000)
     assert not any("nll" in tag for tag in scalars)  # the importance-weighted bound is for test only
     assert images == {"val/reconstructions", "val/interpolations", "samples/prior"}
+
+
+def test_the_projector_shows_the_first_n_test_images_with_their_labels(tmp_path, data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), val_size=64)
+    dm.setup("fit")
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=dm, global_step=0, loggers=[TensorBoardLogger(tmp_path)])
+    LatentProjector(n_images=50).on_fit_end(trainer, VAEModule(hidden_dim=16, latent_dim=2))
+    (metadata,) = tmp_path.glob("**/test*posterior_means/metadata.tsv")
+    assert metadata.read_text().splitlines() == [str(label) for label in dm.test_set.labels[:50].tolist()]
 
 
 def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):
