@@ -5,7 +5,8 @@
 
 For each network it alternates, `--rounds` times: a real `fit` of the project (VAEModule,
 MNISTDataModule and the Trainer built by the same CLI as `python train.py`, with its callbacks,
-TensorBoard logger, progress bar and checkpoints), then the same number of epochs of a bare loop
+TensorBoard logger, progress bar and checkpoints), the same module in a `Trainer` with every
+feature off (what Lightning's loop costs by itself), then the same number of epochs of a bare loop
 (same model, loss and optimiser, batches sliced from one in-memory uint8 tensor). Each fit's
 first epoch is a warm-up and is not counted; medians of the rest are compared.
 
@@ -14,6 +15,7 @@ the command to the first training step and the peak resident memory of the proce
 """
 
 import argparse
+import atexit
 import os
 import re
 import resource
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, Trainer, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,15 +62,16 @@ class EpochClock(Callback):
 
 class ChildReport(Callback):
     """Injected into a `python train.py` subprocess: prints the wall clock at its first step, and
-    its own peak resident memory when fit ends (the parent's RUSAGE_CHILDREN would also count the
-    moment the child was forked from this large process)."""
+    its own peak resident memory as the process exits, so everything after training (the end-of-fit
+    pictures, the last checkpoint) counts too. (The parent's RUSAGE_CHILDREN would also count the
+    moment the child was forked from this large process.)"""
+
+    def __init__(self) -> None:
+        atexit.register(lambda: print(f"PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}"))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == 0:
             print(f"FIRST_STEP_AT {time.time()}", flush=True)
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        print(f"PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
 
 
 def project_epochs(
@@ -81,6 +84,19 @@ def project_epochs(
     cli.trainer.callbacks.append(clock)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return clock
+
+
+def lightning_epochs(hidden: int, batch_size: int, epochs: int, accelerator: str, data_dir: str) -> list[float]:
+    """The same module and data in a `Trainer` with every feature off (no logger, checkpoints,
+    progress bar, summary or callbacks): the cost of Lightning's training loop alone."""
+    seed_everything(0)
+    clock = EpochClock()
+    trainer = Trainer(
+        max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+    )  # fmt: skip
+    trainer.fit(VAEModule(hidden_dim=hidden), datamodule=MNISTDataModule(data_dir=data_dir, batch_size=batch_size))
+    return clock.train
 
 
 def bare_epochs(hidden: int, batch_size: int, epochs: int, device: torch.device, images: torch.Tensor) -> list[float]:
@@ -146,26 +162,28 @@ def main() -> None:
         os.chdir(logs)  # the project's runs land here, not in the repository
         for batch_size in args.batch_sizes:
             for hidden in args.hidden_dims:
-                project, whole, bare = [], [], []
+                project, whole, lightning, bare = [], [], [], []
                 for _ in range(args.rounds):
                     clock = project_epochs(hidden, batch_size, args.epochs, args.accelerator, data_dir)
                     project += clock.train[1:]
                     whole += clock.whole[1:]
+                    lightning += lightning_epochs(hidden, batch_size, args.epochs, args.accelerator, data_dir)[1:]
                     bare += bare_epochs(hidden, batch_size, args.epochs, device, dm.train_set.images)[1:]
-                rows.append((hidden, batch_size, statistics.median(project), statistics.median(whole),
-                             statistics.median(bare)))
+                medians = [statistics.median(times) for times in (project, whole, lightning, bare)]
+                rows.append((hidden, batch_size, *medians))
 
     n = len(dm.train_set)
-    print(f"\n{'network':<12}{'batch':>6}{'project s/ep':>14}{'+val s/ep':>11}{'bare s/ep':>11}"
-          f"{'project img/s':>15}{'bare img/s':>12}{'ratio':>8}")
-    for hidden, batch_size, project, whole, bare in rows:
-        print(f"{f'784-{hidden}-20':<12}{batch_size:>6}{project:>14.2f}{whole:>11.2f}{bare:>11.2f}"
-              f"{n / project:>15.0f}{n / bare:>12.0f}{project / bare:>8.3f}")
+    print(f"\n{'network':<12}{'batch':>6}{'project s/ep':>14}{'+val s/ep':>11}{'Lightning s/ep':>16}{'bare s/ep':>11}"
+          f"{'project img/s':>15}{'bare img/s':>12}{'ratio':>8}{'Lightning ratio':>17}")  # fmt: skip
+    for hidden, batch_size, project, whole, lightning, bare in rows:
+        print(f"{f'784-{hidden}-20':<12}{batch_size:>6}{project:>14.2f}{whole:>11.2f}{lightning:>16.2f}{bare:>11.2f}"
+              f"{n / project:>15.0f}{n / bare:>12.0f}{project / bare:>8.3f}{lightning / bare:>17.3f}")  # fmt: skip
     print("ratio = project training epoch / bare loop epoch (medians; target <= 1.10)")
+    print("Lightning ratio = the same module in a Trainer with every feature off / bare loop")
 
     startup, peak = startup_and_memory(data_dir, args.accelerator)
     print(f"\npython train.py --trainer.max_epochs 1: first training step after {startup:.1f} s, "
-          f"peak resident memory {peak:.2f} GiB")
+          f"peak resident memory {peak:.2f} GiB")  # fmt: skip
 
 
 if __name__ == "__main__":
