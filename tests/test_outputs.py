@@ -140,10 +140,8 @@ def test_predict_with_a_bad_checkpoint_says_so_in_one_line_and_writes_nothing(tm
     with pytest.raises(CheckpointError) as error:
         run_cli("predict", *ckpt, data_dir=data_dir)
     assert str(error.value.code).startswith("error: ") and "\n" not in str(error.value.code)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "data",
-        *(["model.ckpt"] if bad not in ("missing", "none") else []),
-    ]
+    # no lightning_logs/, no predictions.pt, and the crafted pickle never ran
+    assert {p.name for p in tmp_path.iterdir()} - {"model.ckpt"} == {"data"}
 
 
 # 4. test scalars at the checkpoint's step; HPARAMS without internals; a short test table
