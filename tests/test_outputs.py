@@ -3,6 +3,7 @@ metrics, predictions, test scalars that line up with the training curves, and a 
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -194,14 +195,24 @@ def test_the_console_has_no_advertisement_or_deprecation_noise_but_keeps_real_wa
     assert "smaller than the logging interval" in console
 
 
-def test_prediction_files_are_per_rank_under_ddp_and_say_where_each_row_came_from(tmp_path):
-    """Each rank writes its own share with the test-set index of every row; here, rank 1 of 2."""
-    from vae.predictions import PredictionsFile
+def test_predict_under_ddp_writes_one_file_per_rank_that_together_are_the_single_process_file(trained, monkeypatch):
+    """Two ranks each predict their share of the test set; concatenated and sorted by index, the
+    rows are the single-process predictions.pt (same weights, same images, no noise)."""
+    ckpt = trained.checkpoints / "last.ckpt"
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    command = [sys.executable, str(REPO / "tests/ddp_train.py"), "predict", "--ckpt_path", str(ckpt), *ddp,
+               "--data.val_size", "64", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=trained.root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    shares = [torch.load(trained.run / f"predictions-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [len(share["index"]) for share in shares] == [TEST_SIZE // 2, TEST_SIZE // 2]
+    merged = {key: torch.cat([share[key] for share in shares]) for key in shares[0]}
+    order = merged["index"].argsort()
+    assert torch.equal(merged["index"][order], torch.arange(TEST_SIZE))
 
-    batches = [{"mu": torch.ones(2, 3), "logvar": torch.zeros(2, 3), "label": torch.tensor([4, 5])}]
-    checkpoint = SimpleNamespace(dirpath=str(tmp_path / "run/checkpoints"))
-    trainer = SimpleNamespace(world_size=2, global_rank=1, checkpoint_callback=checkpoint)
-    PredictionsFile().write_on_epoch_end(trainer, None, batches, [[[1, 3]]])
-    written = torch.load(tmp_path / "run/predictions-rank1.pt", weights_only=True)
-    assert torch.equal(written["index"], torch.tensor([1, 3])) and torch.equal(written["label"], torch.tensor([4, 5]))
-    assert not (tmp_path / "run/predictions.pt").exists()
+    monkeypatch.chdir(trained.root)
+    run_cli("predict", "--ckpt_path", str(ckpt), data_dir=trained.data_dir)
+    single = torch.load(trained.run / "predictions.pt", weights_only=True)
+    for key in ("mu", "logvar", "label"):
+        torch.testing.assert_close(merged[key][order], single[key])
