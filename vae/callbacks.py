@@ -50,11 +50,18 @@ def run_dir(trainer: Trainer) -> Path:
 class ImageGrids(Callback):
     """After every `every_n_epochs`-th validation epoch: reconstructions, interpolations and prior
     samples (`vae.pictures`), as `<run dir>/images/<kind>-epochNNN.png` whatever the logger, and
-    through the logger's own image API where it has one (TensorBoard, MLflow, W&B). 0: never.
+    through the logger's own image API where it has one (TensorBoard, MLflow, W&B).
 
     Reconstructions show the first validation images above their reconstructions; interpolations
     walk between pairs of them, from posterior mean to posterior mean. The samples decode the same
     z every epoch (drawn once from `seed`), so a grid shows how the decoder changes, not the noise.
+
+    Args:
+        every_n_epochs: draw after epochs n, 2n, ... (counting from 1); 0: never.
+        n_reconstructions: validation images shown above their reconstructions.
+        n_interpolations: rows of interpolations, each between two validation images.
+        n_samples: decoded draws from the prior.
+        seed: chooses the prior draws, the same every epoch.
     """
 
     # kind in the file name -> tag in TensorBoard (the tags runs have always had)
