@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_vae(ckpt: Path) -> VAE:
     """The plain `VAE` of a checkpoint of this project; anything else is one clear error."""
+    if not ckpt.is_file():
+        raise CheckpointError(f"--ckpt_path {ckpt} does not exist. Pass a .ckpt written by train.py.")
     saved = check_checkpoint(ckpt)
     hparams = {k: v for k, v in saved.get("hyper_parameters", {}).items() if not k.startswith("_")}
     try:

@@ -69,6 +69,13 @@ def test_every_validation_epoch_leaves_png_grids_in_the_run_and_in_tensorboard(t
         assert scalar_steps(trained.run, tag) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
 
 
+def test_validate_on_a_checkpoint_leaves_the_runs_pictures_alone(trained, monkeypatch):
+    monkeypatch.chdir(trained.root)
+    before = {p.name: p.read_bytes() for p in (trained.run / "images").iterdir()}
+    run_cli("validate", "--ckpt_path", str(trained.checkpoints / "last.ckpt"), data_dir=trained.data_dir)
+    assert {p.name: p.read_bytes() for p in (trained.run / "images").iterdir()} == before
+
+
 def test_images_every_n_epochs_and_never(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
     run_cli("fit", "--trainer.max_epochs", "2", "--images.every_n_epochs", "2", data_dir=data_dir)

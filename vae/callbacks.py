@@ -93,8 +93,10 @@ class ImageGrids(Callback):
         inputs, self._inputs = self._inputs, None
         n = self.every_n_epochs
         due = n > 0 and (trainer.current_epoch + 1) % n == 0
-        # no logger, no pictures: `--trainer.logger false` asks for a run that writes no logs
-        if trainer.sanity_checking or not trainer.is_global_zero or not due or not trainer.loggers or inputs is None:
+        # Only in fit (`validate` would redraw epoch 0's file), and no logger, no pictures:
+        # `--trainer.logger false` asks for a run that writes no logs.
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if not (fitting and due and trainer.is_global_zero and trainer.loggers) or inputs is None:
             return
         for kind, grid in self.grids(pl_module, inputs).items():
             path = run_dir(trainer) / "images" / f"{kind}-epoch{trainer.current_epoch:03d}.png"
@@ -228,7 +230,7 @@ class TestMetricsJSON(Callback):
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")}
-        record = {"ckpt_path": trainer.ckpt_path, "metrics": metrics, "hparams": dict(pl_module.hparams)}
+        record = {"ckpt_path": trainer.ckpt_path, "metrics": metrics, "hparams": public(pl_module.hparams)}
         path = run_dir(trainer) / "test_metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2, default=str) + "\n")
