@@ -43,8 +43,8 @@ def run_dir(trainer: Trainer) -> Path:
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.dirpath is not None:
         return Path(checkpoint.dirpath).parent
-    logger = trainer.logger  # checkpointing off: the logger's folder, as Lightning's log_dir would say
-    return Path(getattr(logger, "log_dir", None) or (logger and logger.save_dir) or trainer.default_root_dir)
+    # no checkpoint callback (a Trainer built by hand): the logger's folder, else the trainer's
+    return Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir)
 
 
 class ImageGrids(Callback):
@@ -105,6 +105,7 @@ class ImageGrids(Callback):
             self._to_loggers(trainer, kind, grid, path)
 
     def grids(self, pl_module: LightningModule, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pictures of one epoch by kind, from validation images x, as (3, H, W) tensors."""
         model = pl_module.model
         grids = {"reconstructions": reconstruction_grid(model, x[: self.n_reconstructions])}
         pairs = min(self.n_interpolations, len(x) // 2)
