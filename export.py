@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vae.callbacks import public
 from vae.checkpoints import CheckpointError, check_checkpoint, run_dir_of
 from vae.model import IMAGE_SHAPE, VAE
 from vae.module import VAEModule
@@ -60,9 +61,8 @@ def load_vae(ckpt: Path) -> VAE:
     if not ckpt.is_file():
         raise CheckpointError(f"--ckpt_path {ckpt} does not exist. Pass a .ckpt written by train.py.")
     saved = check_checkpoint(ckpt)
-    hparams = {k: v for k, v in saved.get("hyper_parameters", {}).items() if not k.startswith("_")}
     try:
-        module = VAEModule(**hparams)
+        module = VAEModule(**public(saved.get("hyper_parameters", {})))
         module.load_state_dict(saved["state_dict"])
     except (TypeError, ValueError, RuntimeError):  # options VAEModule does not take, weights of another model
         raise CheckpointError(
