@@ -1,8 +1,10 @@
-"""What a person looks at: image grids and the HPARAMS tab in TensorBoard, test metrics as JSON;
-and the guard that stops a run whose loss stopped being a number.
+"""What a person looks at: image grids as PNG files and in the run's logger, the HPARAMS tab in
+TensorBoard, test metrics as JSON; and the guard that stops a run whose loss stopped being a number.
 
 The writers write from global rank 0 only, never during the sanity-check pass, and never on
 the training hot path (they run once per validation epoch, or at the start/end of a stage).
+Files go into the run directory (`run_dir`), the folder that holds the run's `checkpoints/`,
+whichever logger the run uses.
 """
 
 import json
@@ -11,7 +13,9 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from torchvision.utils import save_image
 
 from vae.pictures import image_grid, interpolation_grid, reconstruction_grid
 
@@ -29,17 +33,51 @@ def _tensorboard(trainer: Trainer):  # -> SummaryWriter | None
     return None
 
 
+def run_dir(trainer: Trainer) -> Path:
+    """The run's own folder: the parent of its `checkpoints/`, i.e. `<save_dir>/<name>/<version>` for
+    every logger (for TensorBoard and CSV that is also `trainer.log_dir`; for MLflow and W&B it is not).
+
+    Safe on rank 0 alone: unlike `trainer.log_dir`, it is no collective call (the checkpoint callback
+    resolved its folder on every rank at setup).
+    """
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.dirpath is not None:
+        return Path(checkpoint.dirpath).parent
+    # no checkpoint callback (a Trainer built by hand): the logger's folder, else the trainer's
+    return Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir)
+
+
 class ImageGrids(Callback):
-    """After each validation epoch: reconstructions, interpolations and prior samples (`vae.pictures`).
+    """After every `every_n_epochs`-th validation epoch: reconstructions, interpolations and prior
+    samples (`vae.pictures`), as `<run dir>/images/<kind>-epochNNN.png` whatever the logger, and
+    through the logger's own image API where it has one (TensorBoard, MLflow, W&B).
 
     Reconstructions show the first validation images above their reconstructions; interpolations
     walk between pairs of them, from posterior mean to posterior mean. The samples decode the same
     z every epoch (drawn once from `seed`), so a grid shows how the decoder changes, not the noise.
+
+    Args:
+        every_n_epochs: draw after epochs n, 2n, ... (counting from 1); 0: never.
+        n_reconstructions: validation images shown above their reconstructions.
+        n_interpolations: rows of interpolations, each between two validation images.
+        n_samples: decoded draws from the prior.
+        seed: chooses the prior draws, the same every epoch.
     """
 
+    # kind in the file name -> tag in TensorBoard (the tags runs have always had)
+    TAGS = {"reconstructions": "val/reconstructions", "interpolations": "val/interpolations", "prior": "samples/prior"}
+
     def __init__(
-        self, n_reconstructions: int = 32, n_interpolations: int = 8, n_samples: int = 64, seed: int = 0
+        self,
+        every_n_epochs: int = 1,
+        n_reconstructions: int = 32,
+        n_interpolations: int = 8,
+        n_samples: int = 64,
+        seed: int = 0,
     ) -> None:
+        if every_n_epochs < 0:
+            raise ValueError(f"--images.every_n_epochs must be >= 0 (0: no pictures), got {every_n_epochs}.")
+        self.every_n_epochs = every_n_epochs
         self.n_reconstructions, self.n_interpolations = n_reconstructions, n_interpolations
         self.n_samples, self.seed = n_samples, seed
         self._inputs: torch.Tensor | None = None
@@ -52,19 +90,40 @@ class ImageGrids(Callback):
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        writer = _tensorboard(trainer)
-        if trainer.sanity_checking or not trainer.is_global_zero or writer is None or self._inputs is None:
+        inputs, self._inputs = self._inputs, None
+        n = self.every_n_epochs
+        due = n > 0 and (trainer.current_epoch + 1) % n == 0
+        # Only in fit (`validate` would redraw epoch 0's file), and no logger, no pictures:
+        # `--trainer.logger false` asks for a run that writes no logs.
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if not (fitting and due and trainer.is_global_zero and trainer.loggers) or inputs is None:
             return
-        model, x, step = pl_module.model, self._inputs, trainer.global_step
-        writer.add_image("val/reconstructions", reconstruction_grid(model, x[: self.n_reconstructions]), step)
+        for kind, grid in self.grids(pl_module, inputs).items():
+            path = run_dir(trainer) / "images" / f"{kind}-epoch{trainer.current_epoch:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(grid, path)
+            self._to_loggers(trainer, kind, grid, path)
+
+    def grids(self, pl_module: LightningModule, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pictures of one epoch by kind, from validation images x, as (3, H, W) tensors."""
+        model = pl_module.model
+        grids = {"reconstructions": reconstruction_grid(model, x[: self.n_reconstructions])}
         pairs = min(self.n_interpolations, len(x) // 2)
         if pairs:
-            writer.add_image("val/interpolations", interpolation_grid(model, x[:pairs], x[pairs : 2 * pairs]), step)
-
+            grids["interpolations"] = interpolation_grid(model, x[:pairs], x[pairs : 2 * pairs])
         z = torch.randn(self.n_samples, model.latent_dim, generator=torch.Generator().manual_seed(self.seed))
-        samples = torch.sigmoid(model.decode(z.to(pl_module.device)))
-        writer.add_image("samples/prior", image_grid(samples), step)
-        self._inputs = None
+        grids["prior"] = image_grid(torch.sigmoid(model.decode(z.to(pl_module.device))))
+        return grids
+
+    def _to_loggers(self, trainer: Trainer, kind: str, grid: torch.Tensor, path: Path) -> None:
+        step, tag = trainer.global_step, self.TAGS[kind]
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(tag, grid, step)
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path), "images")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(tag, [str(path)], step=step)
 
 
 class LatentProjector(Callback):
@@ -90,8 +149,18 @@ class LatentProjector(Callback):
             x, _ = datamodule.on_after_batch_transfer(batch, 0)
             means.append(pl_module.model.encode(x)[0].cpu())
         thumbnails = images.unsqueeze(1).float() / 255
-        writer.add_embedding(torch.cat(means), metadata=labels.tolist(), label_img=thumbnails,
-                             global_step=trainer.global_step, tag="test/posterior_means")
+        writer.add_embedding(
+            torch.cat(means),
+            metadata=labels.tolist(),
+            label_img=thumbnails,
+            global_step=trainer.global_step,
+            tag="test/posterior_means",
+        )
+
+
+def public(hparams: dict) -> dict:
+    """Hyperparameters without LightningCLI's bookkeeping (`_instantiator`, `_class_path`)."""
+    return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
 class HParamsWithMetrics(Callback):
@@ -114,24 +183,56 @@ class HParamsWithMetrics(Callback):
             return
         from torch.utils.tensorboard.summary import hparams
 
-        params = {f"model/{k}": v for k, v in pl_module.hparams.items() if not k.startswith("_")}
+        params = {f"model/{k}": v for k, v in public(pl_module.hparams).items()}
         if trainer.datamodule is not None:
-            params |= {f"data/{k}": v for k, v in trainer.datamodule.hparams.items()}
+            params |= {f"data/{k}": v for k, v in public(trainer.datamodule.hparams).items()}
         params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
         for summary in hparams(params, dict.fromkeys(HPARAMS_METRICS, 0.0)):
             writer.file_writer.add_summary(summary)
+
+
+class EvaluateAtCheckpointStep(Callback):
+    """`test`/`validate --ckpt_path X` log their scalars at X's training step, not at step 0.
+
+    Lightning logs evaluation scalars at its count of training batches that stepped, which only
+    `fit` restores; so the test points of a checkpoint sat at the far left of its training curves,
+    and testing `best` and `last` put two points on one. Here that count is set to the checkpoint's
+    `global_step` (one optimiser step per batch that stepped), so each tested checkpoint is a point
+    above the step it was saved at.
+    """
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn != TrainerFn.FITTING and "global_step" in checkpoint:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = checkpoint["global_step"]
+
+
+class KLPerDimensionToLoggers(Callback):
+    """Sends the test's `test_kl_per_dim/zNN` scalars to the loggers, at the step of the other test scalars.
+
+    The module logs them with `logger=False`, because Lightning prints every logged test metric in
+    its results table, and twenty per-dimension rows buried the five numbers people came for (loss,
+    recon, kl, nll, active units). So they reach the loggers here, and test_metrics.json as before.
+    """
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        per_dim = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_kl_per_dim/")}
+        if not trainer.is_global_zero or not per_dim:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # where Lightning put the other test scalars
+        for logger in trainer.loggers:
+            logger.log_metrics(per_dim, step=step)
+            logger.save()
 
 
 class TestMetricsJSON(Callback):
     """Writes the test metrics to `<run dir>/test_metrics.json`, beside the checkpoint they came from."""
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        log_dir = trainer.log_dir  # a broadcast from rank 0: every rank must ask, or DDP stalls or crashes
-        if not trainer.is_global_zero or log_dir is None:
+        if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")}
-        record = {"ckpt_path": trainer.ckpt_path, "metrics": metrics, "hparams": dict(pl_module.hparams)}
-        path = Path(log_dir) / "test_metrics.json"
+        record = {"ckpt_path": trainer.ckpt_path, "metrics": metrics, "hparams": public(pl_module.hparams)}
+        path = run_dir(trainer) / "test_metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2, default=str) + "\n")
         print(f"Test metrics written to {path}")

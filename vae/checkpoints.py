@@ -139,6 +139,8 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict).")
+    if "pytorch-lightning_version" not in checkpoint:  # e.g. a bare state dict saved with torch.save
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no Lightning version).")
     return checkpoint
 
 

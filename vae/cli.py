@@ -25,7 +25,15 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from vae.callbacks import HParamsWithMetrics, ImageGrids, LatentProjector, StopOnNonFiniteLoss, TestMetricsJSON
+from vae.callbacks import (
+    EvaluateAtCheckpointStep,
+    HParamsWithMetrics,
+    ImageGrids,
+    KLPerDimensionToLoggers,
+    LatentProjector,
+    StopOnNonFiniteLoss,
+    TestMetricsJSON,
+)
 from vae.checkpoints import (
     CheckpointError,
     RunCheckpoint,
@@ -34,8 +42,10 @@ from vae.checkpoints import (
     find_last_checkpoint,
     run_dir_of,
 )
+from vae.console import quiet_console
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
+from vae.predictions import PredictionsFile
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGS_DIR = "lightning_logs"
@@ -59,6 +69,7 @@ class SaveRunConfig(SaveConfigCallback):
 
 class VAECLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
+        quiet_console()
         super().__init__(
             VAEModule,
             MNISTDataModule,
@@ -74,10 +85,12 @@ class VAECLI(LightningCLI):
                     "init_args": {"save_dir": ".", "name": LOGS_DIR, "default_hp_metric": False},
                 },
                 "callbacks": [
-                    ImageGrids(),
                     LatentProjector(),
                     HParamsWithMetrics(),
+                    EvaluateAtCheckpointStep(),
+                    KLPerDimensionToLoggers(),
                     TestMetricsJSON(),
+                    PredictionsFile(),
                     StopOnNonFiniteLoss(),
                     # redrawing the bar every step costs more than a step of this small network
                     TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS),
@@ -89,6 +102,8 @@ class VAECLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # configurable as --checkpoint.*, e.g. --checkpoint.save_last_every_n_steps 500
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        # configurable as --images.*, e.g. --images.every_n_epochs 5
+        parser.add_lightning_class_args(ImageGrids, "images")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """After parsing, before anything is built: resolve and check `--ckpt_path`, pin the logger.
@@ -108,6 +123,10 @@ class VAECLI(LightningCLI):
         logger_args = logger.init_args if hasattr(logger, "init_args") else None
         if config.get("ckpt_path") is not None:
             self._resolve_checkpoint(config, logger_args)
+            if getattr(logger, "class_path", None) == "lightning.pytorch.loggers.CSVLogger":
+                logger.class_path = "vae.csv_logger.ContinuingCSVLogger"  # Lightning's would delete metrics.csv
+        elif self.config.subcommand == "predict":
+            raise CheckpointError("predict needs --ckpt_path: the checkpoint whose posteriors to compute.")
         if logger_args is not None and "save_dir" in logger_args:
             check_writable(Path(logger_args.save_dir) / (logger_args.get("name") or ""))
 

@@ -1,0 +1,103 @@
+"""A trained VAE as files that need only PyTorch: no Lightning, no code from this repository.
+
+    python export.py --ckpt_path PATH [--out DIR]
+
+writes into DIR (default: `<run>/export/` for a checkpoint in `<run>/checkpoints/`, else `export/`):
+
+    encoder.pt2   x (B, 1, 28, 28) floats in [0, 1] -> (mu, logvar), each (B, latent_dim): q(z|x)
+    decoder.pt2   z (B, latent_dim) -> Bernoulli logits (B, 1, 28, 28); sigmoid gives pixel means
+    export.json   latent_dim, the image shape and the checkpoint they came from
+
+Both are `torch.export` programs (any batch size B >= 1), loaded with `torch.export.load(path).module()`:
+
+    decoder = torch.export.load("export/decoder.pt2").module()
+    digits = torch.sigmoid(decoder(torch.randn(64, 20)))  # 64 new digits, (64, 1, 28, 28) in [0, 1]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vae.callbacks import public
+from vae.checkpoints import CheckpointError, check_checkpoint, run_dir_of
+from vae.model import IMAGE_SHAPE, VAE
+from vae.module import VAEModule
+
+
+class Encoder(nn.Module):
+    """x -> (mu, logvar): the encoder of a `VAE` with its two heads, as one module to export."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vae.encode(x)
+
+
+class Decoder(nn.Module):
+    """z -> logits: the decoder of a `VAE`, as one module to export."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--out", help="output folder (default: the run's export/, else export/)")
+    return parser.parse_args(argv)
+
+
+def load_vae(ckpt: Path) -> VAE:
+    """The plain `VAE` of a checkpoint of this project; anything else is one clear error."""
+    if not ckpt.is_file():
+        raise CheckpointError(f"--ckpt_path {ckpt} does not exist. Pass a .ckpt written by train.py.")
+    saved = check_checkpoint(ckpt)
+    try:
+        module = VAEModule(**public(saved.get("hyper_parameters", {})))
+        module.load_state_dict(saved["state_dict"])
+    except (TypeError, ValueError, RuntimeError):  # options VAEModule does not take, weights of another model
+        raise CheckpointError(
+            f"--ckpt_path {ckpt} is not a checkpoint of this project's VAE: its hyperparameters or weights "
+            "do not fit it. Pass a .ckpt written by train.py, e.g. <run>/checkpoints/last.ckpt."
+        ) from None
+    return module.model.eval()
+
+
+def export(vae: VAE) -> tuple[torch.export.ExportedProgram, torch.export.ExportedProgram]:
+    """(encoder, decoder) programs with a dynamic batch size."""
+    batch = torch.export.Dim("batch", min=1)
+    x, z = torch.rand(2, *IMAGE_SHAPE), torch.randn(2, vae.latent_dim)
+    with torch.no_grad():
+        encoder = torch.export.export(Encoder(vae), (x,), dynamic_shapes={"x": {0: batch}})
+        decoder = torch.export.export(Decoder(vae), (z,), dynamic_shapes={"z": {0: batch}})
+    return encoder, decoder
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Write the exported encoder and decoder; return the folder they are in."""
+    args = parse_args(argv)
+    ckpt = Path(args.ckpt_path)
+    vae = load_vae(ckpt)
+    encoder, decoder = export(vae)  # before any folder exists: a failure leaves nothing behind
+    out = Path(args.out) if args.out else (run_dir_of(ckpt) or Path()) / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.export.save(encoder, out / "encoder.pt2")
+    torch.export.save(decoder, out / "decoder.pt2")
+    about = {"latent_dim": vae.latent_dim, "image_shape": list(IMAGE_SHAPE), "ckpt_path": str(ckpt)}
+    (out / "export.json").write_text(json.dumps(about, indent=2) + "\n")
+    for name in ("encoder.pt2", "decoder.pt2", "export.json"):
+        print(out / name)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""A console that shows what a user can act on: third-party notices that they cannot act on are dropped.
+
+Each filter names one exact message, so every other warning and log line still shows:
+- Lightning's "Tip" advertising the litlogger package, printed at every run;
+- torch's FutureWarning about `isinstance(treespec, LeafSpec)`, raised inside Lightning's own
+  `_pytree` helpers (Lightning's to fix, not the user's).
+"""
+
+import logging
+import warnings
+
+LITLOGGER_TIP = "try installing [litlogger]"
+PYTREE_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+# the logger Lightning's `rank_zero_info` writes through (set when `lightning.pytorch` is imported)
+LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+def _not_an_advertisement(record: logging.LogRecord) -> bool:
+    return LITLOGGER_TIP not in record.getMessage()
+
+
+def quiet_console() -> None:
+    """Install the filters (idempotent: a second call adds nothing)."""
+    warnings.filterwarnings("ignore", message=PYTREE_DEPRECATION, category=FutureWarning)
+    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(_not_an_advertisement)
