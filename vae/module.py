@@ -60,7 +60,7 @@ class VAEModule(LightningModule):
         iw_samples: importance samples per test image for `test/nll` (0: no `test/nll`). An evaluation
             setting, not part of the trained model: `test` takes it from the command line, never
             from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
-            passes per image (measured times: docs/results.md). The same samples give `test/recon`.
+            passes per image (docs/results.md, "Cost of the test"). The same samples give `test/recon`.
     """
 
     def __init__(
