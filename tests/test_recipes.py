@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from bench.recipe_table import table
 from tests.conftest import synthetic_mnist
 from tests.test_cli import run_cli
 from vae.elbo import negative_elbo
@@ -199,3 +200,18 @@ def test_resnet_with_free_bits_fits_and_tests_from_the_command_line(tmp_path, mo
     record = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())
     assert record["hparams"]["arch"] == "resnet" and record["hparams"]["free_bits"] == 0.1
     assert all(math.isfinite(record["metrics"][f"test/{term}"]) for term in ("loss", "recon", "kl", "nll"))
+
+
+def test_the_results_table_gives_every_seed_and_their_mean_and_spread():
+    row = {"epochs": 140, "steps": 60_200, "train_s": 340.0, "test/loss": 85.0, "test/active_units": 30.0}
+    common = {**row, "iw_samples": 5000, "device": "H100", "stopped": "max_epochs"}
+    records = [
+        {"seed": 0, "test_s": 80.0, "test/nll": 81.0, **common},
+        {"seed": 1, "test_s": 90.0, "test/nll": 83.0, **common},
+        {"seed": 2, "test_s": None, "test/nll": None, **common},  # a test stopped by the time budget
+    ]
+    lines = table(records).splitlines()
+    assert "k = 5000" in lines[0] and len(lines) == 3 + 3 + 1
+    assert "| 2 | 140 | 60200 | 340.00 | not done |" in lines[5]
+    summary = lines[-1].split(" | ")
+    assert summary[0] == "| mean +- sd (n=3)" and summary[6] == "82.00 +- 1.41"  # the two finished tests only
