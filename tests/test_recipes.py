@@ -193,9 +193,9 @@ def test_every_part_of_the_resnet_architecture_learns():
 def test_resnet_with_free_bits_fits_and_tests_from_the_command_line(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
     recipe = ["--model.arch", "resnet", "--model.free_bits", "0.1", "--model.kl_warmup_epochs", "1"]
-    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    short = ["--trainer.limit_train_batches", "2"]
     run_cli("fit", "--trainer.max_epochs", "1", *recipe, *short, data_dir=data_dir)
-    test = ["--model.iw_samples", "3", "--trainer.limit_test_batches", "1"]
+    test = ["--model.iw_samples", "3", "--trainer.limit_test_batches", "2"]
     run_cli("test", "--ckpt_path", "last", *test, data_dir=data_dir)
     record = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())
     assert record["hparams"]["arch"] == "resnet" and record["hparams"]["free_bits"] == 0.1
