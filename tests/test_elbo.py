@@ -3,7 +3,7 @@ import math
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from vae.elbo import bernoulli_log_likelihood, gaussian_kl, negative_elbo
+from vae.elbo import bernoulli_log_likelihood, free_bits_kl, gaussian_kl, gaussian_kl_per_dim, negative_elbo
 
 
 def test_kl_matches_torch_distributions():
@@ -54,3 +54,36 @@ def test_negative_elbo_matches_a_monte_carlo_estimate():
     standard_error = monte_carlo.std() / math.sqrt(samples)
     assert abs(analytic - monte_carlo.mean()) < 4 * standard_error
     torch.testing.assert_close(loss, recon + kl)
+
+
+def free_bits_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch whose 4 latent dimensions have batch-mean KLs on both sides of 0.5 nats."""
+    g = torch.Generator().manual_seed(3)
+    mu = (torch.randn(16, 4, generator=g) * torch.tensor([0.1, 2.0, 0.3, 3.0])).requires_grad_()
+    logvar = torch.zeros(16, 4, requires_grad=True)
+    return mu, logvar, gaussian_kl_per_dim(mu, logvar).mean(0).detach()
+
+
+def test_free_bits_leave_dimensions_above_the_floor_as_they_are():
+    mu, logvar, kl_per_dim = free_bits_case()
+    above = kl_per_dim > 0.5
+    assert above.tolist() == [False, True, False, True]  # the case tests both sides
+    value = free_bits_kl(mu, logvar, 0.5)
+    torch.testing.assert_close(value, kl_per_dim[above].sum() + 0.5 * (~above).sum())
+    value.backward()
+    mu_plain, logvar_plain, _ = free_bits_case()
+    gaussian_kl(mu_plain, logvar_plain).mean().backward()
+    torch.testing.assert_close(mu.grad[:, above], mu_plain.grad[:, above])
+
+
+def test_free_bits_give_no_gradient_to_dimensions_below_the_floor():
+    mu, logvar, kl_per_dim = free_bits_case()
+    free_bits_kl(mu, logvar, 0.5).backward()
+    below = kl_per_dim <= 0.5
+    assert (mu.grad[:, below] == 0).all() and (logvar.grad[:, below] == 0).all()
+    assert (mu.grad[:, ~below] != 0).any()
+
+
+def test_free_bits_at_zero_is_the_mean_kl():
+    mu, logvar, _ = free_bits_case()
+    torch.testing.assert_close(free_bits_kl(mu, logvar, 0.0), gaussian_kl(mu, logvar).mean())

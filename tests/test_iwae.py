@@ -11,7 +11,15 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-from vae.elbo import gaussian_log_density, importance_weighted_nll, negative_elbo
+from vae.elbo import (
+    gaussian_kl,
+    gaussian_log_density,
+    importance_weighted_nll,
+    importance_weighted_terms,
+    log_weight_terms,
+    negative_elbo,
+    negative_iw_bound,
+)
 from vae.model import VAE
 
 
@@ -105,3 +113,82 @@ def test_k_below_one_is_refused():
     model, x = small_random_case(0)
     with pytest.raises(ValueError, match="at least 1"):
         importance_weighted_nll(x, model.encode, model.decode, 0)
+
+
+def test_each_log_weight_pairs_a_sample_with_its_own_image():
+    """log p(x_b|z_ib) at [i, b]: decoding k x B samples in one batch must not mix images up."""
+    model, x = small_random_case(0)
+    x = x[:3]
+    mu, logvar = model.encode(x)
+    z = mu + torch.randn(4, *mu.shape)
+    log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, model.decode)
+    for i in range(4):
+        recon = negative_elbo(model.decode(z[i]), x, mu, logvar)[1]
+        torch.testing.assert_close(log_px_z[i], -recon)
+        expected = Normal(0.0, 1.0).log_prob(z[i]).sum(1) - Normal(mu, (0.5 * logvar).exp()).log_prob(z[i]).sum(1)
+        torch.testing.assert_close(log_prior_ratio[i], expected)
+
+
+@torch.no_grad()
+def test_the_bound_at_one_sample_is_the_elbo_for_the_same_noise_and_tightens_with_k():
+    model, x = small_random_case(1)
+    x = x[:8]
+    mu, logvar = model.encode(x)
+    std, seeds = (0.5 * logvar).exp(), range(20)
+    bounds = {}
+    for k in (1, 4, 16):
+        bounds[k] = torch.stack(
+            [
+                negative_iw_bound(sum(log_weight_terms(x, mu + std * noise(k, mu, seed), mu, logvar, model.decode)))
+                for seed in seeds
+            ]
+        )  # (seeds, images)
+    # k = 1: the one-sample -ELBO for the same noise, with the KL sampled rather than analytic
+    recon = torch.stack(
+        [negative_elbo(model.decode(mu + std * noise(1, mu, seed)[0]), x, mu, logvar)[1] for seed in seeds]
+    )
+    sampled_kl = bounds[1] - recon
+    standard_error = sampled_kl.std(0) / math.sqrt(len(seeds))
+    assert ((sampled_kl.mean(0) - gaussian_kl(mu, logvar)).abs() < 5 * standard_error).all()
+    means = {k: v.mean().item() for k, v in bounds.items()}
+    assert means[1] > means[4] > means[16]
+
+
+def noise(k: int, mu: torch.Tensor, seed: int) -> torch.Tensor:
+    return torch.randn(k, *mu.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_bound_is_differentiable_for_training():
+    model, x = small_random_case(2)
+    mu, logvar = model.encode(x[:4])
+    z = mu + (0.5 * logvar).exp() * torch.randn(3, *mu.shape)
+    log_px_z, log_prior_ratio = log_weight_terms(x[:4], z, mu, logvar, model.decode)
+    negative_iw_bound(log_px_z + log_prior_ratio).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_one_sample_gives_the_one_sample_elbo_for_the_same_noise():
+    """k = 1: recon + KL is exactly the -ELBO of one stochastic pass drawing the same noise."""
+    model, x = small_random_case(3)
+    torch.manual_seed(7)
+    logits, mu, logvar = model(x)
+    elbo, recon, kl = negative_elbo(logits, x, mu, logvar)
+    torch.manual_seed(7)
+    mu, logvar = model.encode(x)
+    nll, iw_recon = importance_weighted_terms(x, mu, logvar, model.decode, 1)
+    torch.testing.assert_close(iw_recon, recon)
+    torch.testing.assert_close(iw_recon + gaussian_kl(mu, logvar), elbo)
+    torch.manual_seed(7)
+    torch.testing.assert_close(nll, importance_weighted_nll(x, model.encode, model.decode, 1))
+
+
+def test_the_recon_term_over_k_samples_hardly_moves_with_the_seed():
+    model, x = small_random_case(4)
+    mu, logvar = model.encode(x)
+
+    def mean_recon(k: int, seed: int) -> float:
+        g = torch.Generator().manual_seed(seed)
+        return importance_weighted_terms(x, mu, logvar, model.decode, k, generator=g)[1].mean().item()
+
+    spread = {k: torch.tensor([mean_recon(k, seed) for seed in range(8)]).std().item() for k in (1, 64)}
+    assert spread[64] < spread[1] / 4  # 1/sqrt(64) = 1/8 in expectation

@@ -6,7 +6,9 @@ means, which weights a short last batch wrongly), and is reduced across devices 
 
 Test also logs `test/nll`, the importance-weighted estimate of -log p(x) with `iw_samples`
 samples per image: the number papers report. Validation does not: it costs k decoder passes
-per image, and the negative ELBO already tells which epoch is best.
+per image, and the negative ELBO already tells which epoch is best. With `iw_samples` > 0, the
+test ELBO comes from the same k samples as `test/nll` (its reconstruction term averaged over them,
+its KL analytic), so `test/loss` does not move with the noise of a single draw.
 """
 
 import torch
@@ -15,7 +17,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from vae.elbo import importance_weighted_nll, negative_elbo
+from vae.elbo import (
+    free_bits_kl,
+    gaussian_kl,
+    importance_weighted_terms,
+    log_weight_terms,
+    negative_elbo,
+    negative_iw_bound,
+)
 from vae.latents import LatentUsage
 from vae.model import VAE
 
@@ -29,7 +38,7 @@ class VAEModule(LightningModule):
     Args:
         hidden_dim: width of the encoder's and the decoder's hidden layer.
         latent_dim: dimensions of z.
-        arch: "mlp" (the classic 784-hidden-latent network) or "conv" (see `vae.model`).
+        arch: "mlp" (the classic 784-hidden-latent network), "conv" or "resnet" (see `vae.model`).
         lr: Adam's (peak) learning rate.
         lr_schedule: "constant", or "cosine": from `lr` down to 0 over the run's planned steps
             (`max_epochs` or `max_steps`; a run cut short by `max_time` stops before the end).
@@ -37,14 +46,21 @@ class VAEModule(LightningModule):
             `train/loss`, `val/loss` and `test/loss` report the true negative ELBO (beta = 1).
         kl_warmup_epochs: raise the KL weight linearly from 0 to `beta` over this many epochs
             (0: no warm-up); a remedy for posterior collapse early in training.
+        free_bits: nats of KL per latent dimension that cost nothing in the training objective
+            (Kingma et al. 2016; 0: off): each dimension's KL, averaged over the batch, counts as at
+            least `free_bits`, and below it gets no gradient, so dimensions are not pushed onto the
+            prior early in training and left there. Not with `train_iw_samples` > 1.
+        train_iw_samples: k > 1 trains on the importance-weighted bound with k samples per image
+            (Burda et al. 2015's IWAE) instead of the ELBO: tighter, so the model is fitted to a
+            better estimate of log p(x), at k decoder passes per image. The KL weight (beta, warm-up)
+            scales log p(z) - log q(z|x) inside each weight. 1: the ELBO, with its analytic KL.
         init_output_bias: start the decoder's output bias at the logit of each pixel's mean over the
             training images (taken from the datamodule's `pixel_mean()`); a checkpoint's weights,
             when resuming, replace it.
         iw_samples: importance samples per test image for `test/nll` (0: no `test/nll`). An evaluation
             setting, not part of the trained model: `test` takes it from the command line, never
             from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
-            passes per image: on 2 CPU cores the 10,000 test images take about 20 s at k = 100 and
-            roughly 15-30 min at Burda et al.'s k = 5000.
+            passes per image (docs/results.md, "Cost of the test"). The same samples give `test/recon`.
     """
 
     def __init__(
@@ -58,6 +74,8 @@ class VAEModule(LightningModule):
         kl_warmup_epochs: int = 0,
         init_output_bias: bool = True,
         iw_samples: int = 100,
+        free_bits: float = 0.0,
+        train_iw_samples: int = 1,
     ) -> None:
         super().__init__()
         for name, value in (("hidden_dim", hidden_dim), ("latent_dim", latent_dim), ("lr", lr)):
@@ -69,6 +87,16 @@ class VAEModule(LightningModule):
             raise ValueError(f"--model.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}.")
         if iw_samples < 0:
             raise ValueError(f"--model.iw_samples must be 0 (no test/nll) or a number of samples, got {iw_samples}.")
+        if free_bits < 0 or train_iw_samples < 1:
+            raise ValueError(
+                f"--model.free_bits must be >= 0 and --model.train_iw_samples >= 1 (1: the ELBO), "
+                f"got {free_bits} and {train_iw_samples}."
+            )
+        if free_bits and train_iw_samples > 1:
+            raise ValueError(
+                "--model.free_bits applies to the KL term of the ELBO, which the importance-weighted bound "
+                "(--model.train_iw_samples > 1) does not have: set one of them, not both."
+            )
         self.save_hyperparameters()
         self.model = VAE(hidden_dim, latent_dim, arch)
         self.metrics = nn.ModuleDict(
@@ -103,15 +131,32 @@ class VAEModule(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
-        loss, recon, kl = negative_elbo(*self._pass(x))
-        weight = self._kl_weight()
-        objective = loss.mean() if weight == 1 else (recon + weight * kl).mean()
+        loss, objective = self._loss_and_objective(x)
         # Only on the steps the logger writes (every `log_every_n_steps`, as Lightning counts them):
         # each `self.log` call costs Lightning ~0.5 ms of bookkeeping, a tenth of a CPU step here.
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
             self.log("train/loss", loss.mean(), prog_bar=True, batch_size=len(x))  # the true -ELBO
         return objective
+
+    def _loss_and_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the negative ELBO of each image, the scalar the optimiser minimises).
+
+        They differ when the KL is weighted (beta, warm-up), with free bits, or when training on the
+        importance-weighted bound; the first is what `train/loss` reports whatever the objective.
+        """
+        weight, k = self._kl_weight(), self.hparams.train_iw_samples
+        if k > 1:
+            mu, logvar = self.model.encode(x)
+            z = mu + (0.5 * logvar).exp() * torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+            log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self.model.decode)
+            objective = negative_iw_bound(log_px_z + weight * log_prior_ratio).mean()
+            return -log_px_z.mean(0) + gaussian_kl(mu, logvar), objective
+        logits, mu, logvar = self.model(x)
+        loss, recon, kl = negative_elbo(logits, x, mu, logvar)
+        if self.hparams.free_bits:
+            return loss, recon.mean() + weight * free_bits_kl(mu, logvar, self.hparams.free_bits)
+        return loss, loss.mean() if weight == 1 else (recon + weight * kl).mean()
 
     def _kl_weight(self) -> float:
         """beta, ramped up linearly over the first `kl_warmup_epochs` epochs (step by step)."""
@@ -133,12 +178,18 @@ class VAEModule(LightningModule):
         )
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-        if self.hparams.iw_samples:
-            x, _ = batch
-            metric = self.metrics["test"]["nll"]
-            metric.update(importance_weighted_nll(x, self.model.encode, self.model.decode, self.hparams.iw_samples))
-            self.log("test/nll", metric)
+        k = self.hparams.iw_samples
+        if not k:
+            self._evaluate(batch, "test")
+            return
+        x, _ = batch
+        mu, logvar = self.model.encode(x)
+        nll, recon = importance_weighted_terms(x, mu, logvar, self.model.decode, k)
+        kl = gaussian_kl(mu, logvar)
+        self._log_elbo_terms("test", (recon + kl, recon, kl), mu, logvar)
+        metric = self.metrics["test"]["nll"]
+        metric.update(nll)
+        self.log("test/nll", metric, batch_size=len(x))
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """The posterior q(z|x) of each image, with its label: what a latent-space analysis needs."""
@@ -163,18 +214,20 @@ class VAEModule(LightningModule):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def _pass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Arguments of `negative_elbo` for one stochastic pass over x."""
-        logits, mu, logvar = self.model(x)
-        return logits, x, mu, logvar
-
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        """The negative ELBO of each image from one stochastic pass."""
         x, _ = batch
-        logits, x, mu, logvar = self._pass(x)
-        for term, values in zip(TERMS, negative_elbo(logits, x, mu, logvar), strict=True):
+        logits, mu, logvar = self.model(x)
+        self._log_elbo_terms(stage, negative_elbo(logits, x, mu, logvar), mu, logvar)
+
+    def _log_elbo_terms(
+        self, stage: str, terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mu: torch.Tensor, logvar: torch.Tensor
+    ) -> None:
+        """`<stage>/loss`, `/recon`, `/kl` from per-image (loss, recon, kl); latent usage from q(z|x)."""
+        for term, values in zip(TERMS, terms, strict=True):
             metric = self.metrics[stage][term]
             metric.update(values)
-            self.log(f"{stage}/{term}", metric, prog_bar=term == "loss", batch_size=len(x))
+            self.log(f"{stage}/{term}", metric, prog_bar=term == "loss", batch_size=len(mu))
         self.latent_usage[stage].update(mu, logvar)
 
     def on_validation_epoch_end(self) -> None:
