@@ -13,11 +13,15 @@ from vae.module import VAEModule
 
 
 @pytest.mark.parametrize(
-    ("log_every", "stopped_at"),
-    [("1", 5), ("50", 6)],  # caught at the next logging step; or at the end-of-epoch checkpoint, before it is written
+    ("log_every", "save_every", "stopped_at"),
+    [
+        ("1", "1000", 5),  # at the next logging step
+        ("50", "5", 5),  # as the step-5 checkpoint is about to be written
+        ("50", "1000", 6),  # at the end of training
+    ],
 )
 def test_the_deferred_check_names_the_step_and_no_checkpoint_holds_its_weights(
-    tmp_path, monkeypatch, data_dir, log_every, stopped_at
+    tmp_path, monkeypatch, data_dir, log_every, save_every, stopped_at
 ):
     monkeypatch.chdir(tmp_path)
     run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)  # 3 steps
@@ -34,6 +38,8 @@ def test_the_deferred_check_names_the_step_and_no_checkpoint_holds_its_weights(
     monkeypatch.setattr(StopOnNonFiniteLoss, "checks_every_step", lambda self, trainer, module: False)
     message = rf"NaN or infinite at global step 4 .*stopped at step {stopped_at}.*last good checkpoint is .*last\.ckpt"
     with pytest.raises(NonFiniteLossError, match=message):
-        args = ("--trainer.max_epochs", "2", "--trainer.log_every_n_steps", log_every, "--ckpt_path", "last")
-        run_cli("fit", *args, data_dir=data_dir)
+        run_cli(
+            "fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", "--trainer.log_every_n_steps", log_every,
+            "--checkpoint.save_last_every_n_steps", save_every, data_dir=data_dir,
+        )  # fmt: skip
     assert {path.name: path.read_bytes() for path in checkpoints.iterdir()} == before
