@@ -170,7 +170,7 @@ class VAEModule(LightningModule):
         weight = self._kl_weight()
         objective = loss.mean() if weight == 1 else (recon + weight * kl).mean()
         # Only on the steps the logger writes (every `log_every_n_steps`, as Lightning counts them):
-        # each `self.log` call costs Lightning ~0.5 ms of bookkeeping, a tenth of a CPU step here.
+        # each `self.log` call costs Lightning bookkeeping that is a visible share of a step this small.
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
             self.log("train/loss", loss.mean(), prog_bar=True, batch_size=len(x))  # the true -ELBO
