@@ -115,33 +115,28 @@ def main() -> None:
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
 
+    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU"
+    print(f"speed options: {device}; torch {torch.__version__}; {args.epochs} epochs per variant", flush=True)
+    print("| variant | s/epoch | 1st epoch s | fit s | test/loss | - float32 | peak GPU MiB |", flush=True)
+    print("|---|---|---|---|---|---|---|", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as logs:
         for name in args.variants:
-            with tempfile.TemporaryDirectory(dir=logs) as cwd:
-                previous = Path.cwd()
-                try:
-                    os.chdir(cwd)  # each variant's run lands in its own folder, not in the repository
-                    results[name] = run_variant(VARIANTS[name], args)
-                except Exception as err:  # one variant failing (e.g. a compile error) must not hide the others
-                    print(f"{name}: FAILED: {type(err).__name__}: {err}", flush=True)
-                finally:
-                    os.chdir(previous)
-            if name in results:
-                print(f"{name}: {results[name]}", flush=True)
-
-    reference = results.get("float32", {}).get("test_loss")
-    noise = abs(results["float32-seed1"]["test_loss"] - reference) if "float32-seed1" in results and reference else None
-    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU"
-    print(f"\n{device}; torch {torch.__version__}; {args.epochs} epochs per variant")
-    print(f"{'variant':<16}{'s/epoch':>9}{'1st epoch s':>13}{'fit s':>8}{'test/loss':>11}{'- float32':>11}"
-          f"{'peak MiB':>10}")  # fmt: skip
-    for name, r in results.items():
-        delta = f"{r['test_loss'] - reference:+.3f}" if reference is not None else "n/a"
-        print(f"{name:<16}{r['epoch']:>9.3f}{r['first']:>13.2f}{r['fit']:>8.1f}{r['test_loss']:>11.3f}{delta:>11}"
-              f"{r['peak_mib']:>10.0f}")  # fmt: skip
-    if noise is not None:
-        print(f"seed noise: |test/loss(seed 1) - test/loss(seed 0)| = {noise:.3f} nats (float32)")
+            previous = Path.cwd()
+            try:
+                os.chdir(tempfile.mkdtemp(dir=logs))  # each variant's run in its own folder, not in the repository
+                results[name] = r = run_variant(VARIANTS[name], args)
+            except Exception as err:  # one variant failing (e.g. a compile error) must not hide the others
+                print(f"{name}: FAILED: {type(err).__name__}: {err}", flush=True)
+                continue
+            finally:
+                os.chdir(previous)
+            reference = results.get("float32", r)["test_loss"]
+            print(f"| {name} | {r['epoch']:.3f} | {r['first']:.2f} | {r['fit']:.1f} | {r['test_loss']:.3f} "
+                  f"| {r['test_loss'] - reference:+.3f} | {r['peak_mib']:.0f} |", flush=True)  # fmt: skip
+    if "float32" in results and "float32-seed1" in results:
+        noise = abs(results["float32-seed1"]["test_loss"] - results["float32"]["test_loss"])
+        print(f"seed noise: |test/loss(seed 1) - test/loss(seed 0)| = {noise:.3f} nats, float32, one pair of seeds")
 
 
 if __name__ == "__main__":
