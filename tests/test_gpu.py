@@ -10,10 +10,14 @@ CUBLAS_WORKSPACE_CONFIG=:4096:8 before the process starts (it cannot be set late
 """
 
 import json
+import warnings
+from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 import sample
 from tests.test_cli import run_cli
@@ -27,6 +31,7 @@ from vae.model import VAE
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 GPU = ("--trainer.accelerator", "gpu", "--trainer.devices", "1")
+PROJECT_CODE = str(Path(__file__).resolve().parents[1] / "vae")
 
 
 @pytest.fixture
@@ -131,3 +136,31 @@ def test_slicing_a_batch_on_the_gpu_and_the_nan_guard_never_make_the_host_wait()
         torch.cuda.set_sync_debug_mode("default")
     with pytest.raises(NonFiniteLossError, match="NaN or infinite at global step 1 "):
         guard.on_train_end(trainer, None)
+
+
+class SyncWatch(Callback):
+    """CUDA's sync debug mode on, "warn", from the second training step until validation starts."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == 1:
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_training_steps_on_a_gpu_never_make_the_host_wait_in_this_projects_code(tmp_path, monkeypatch, data_dir):
+    """11 training steps with no logging step among them: any host-device sync they cause is reported
+    (as a warning, from the Python line that caused it), and none may come from vae/."""
+    monkeypatch.chdir(tmp_path)
+    steps = ("--trainer.limit_train_batches", "12", "--trainer.log_every_n_steps", "1000")
+    watch = ("--trainer.num_sanity_val_steps", "0", "--trainer.callbacks+=tests.test_gpu.SyncWatch")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            run_cli("fit", "--trainer.max_epochs", "1", *steps, *watch, *GPU, data_dir=data_dir)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchronizing CUDA operation" in str(w.message))
+    ours = {where: n for where, n in syncs.items() if where.startswith(PROJECT_CODE)}
+    assert not ours, f"host syncs in training steps from this project: {ours}; all: {dict(syncs)}"
