@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch import Callback
 
 import sample
+from tests.conftest import make_hermetic, write_data_dir
 from tests.test_cli import run_cli
 from tests.test_data import is_binary
 from tests.test_resume_exact import final_state, train
@@ -34,12 +35,15 @@ GPU = ("--trainer.accelerator", "gpu", "--trainer.devices", "1")
 PROJECT_CODE = str(Path(__file__).resolve().parents[1] / "vae")
 
 
-@pytest.fixture
-def gpu_run(tmp_path, monkeypatch, data_dir):
-    """A tiny fit on the GPU; returns (the CLI, its last.ckpt)."""
-    monkeypatch.chdir(tmp_path)
-    cli = run_cli("fit", "--trainer.max_epochs", "1", *GPU, data_dir=data_dir)
-    return cli, tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+@pytest.fixture(scope="module")
+def gpu_run(tmp_path_factory, files):
+    """A tiny fit on the GPU, shared by the tests that only need a GPU-trained run: (the CLI, its last.ckpt)."""
+    tmp = tmp_path_factory.mktemp("gpu_run")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        make_hermetic(monkeypatch, files)
+        monkeypatch.chdir(tmp)
+        cli = run_cli("fit", "--trainer.max_epochs", "1", *GPU, data_dir=write_data_dir(tmp, files))
+    return cli, tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -72,14 +76,16 @@ def test_a_gpu_run_resumed_after_a_crash_is_bit_identical(tmp_path, monkeypatch,
     assert states_equal(uninterrupted, final_state(tmp_path / "b"))
 
 
-def test_test_on_a_gpu_reports_the_importance_weighted_nll(gpu_run, data_dir):
+def test_test_on_a_gpu_reports_the_importance_weighted_nll(gpu_run, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     _, ckpt = gpu_run
     run_cli("test", "--ckpt_path", str(ckpt), "--model.iw_samples", "20", *GPU, data_dir=data_dir)
     metrics = json.loads((ckpt.parent.parent / "test_metrics.json").read_text())["metrics"]
     assert 0 < metrics["test/nll"] < metrics["test/loss"] + 1  # a tighter bound than the ELBO, up to noise
 
 
-def test_sample_py_draws_from_a_gpu_trained_checkpoint(gpu_run, data_dir):
+def test_sample_py_draws_from_a_gpu_trained_checkpoint(gpu_run, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     _, ckpt = gpu_run
     out = sample.main(["--ckpt_path", str(ckpt), "--data_dir", str(data_dir), "--n", "8"])
     assert all((out / f"{name}.png").stat().st_size > 0 for name in ("prior", "reconstructions", "interpolations"))
