@@ -13,8 +13,12 @@ a pair seconds apart sees the same speed. Each fit's first epoch is a warm-up an
 the table shows medians, and the lines below it the same in milliseconds per step: what the project
 and Lightning alone add to a bare step (with `--hidden_dims 1` that is nearly all framework cost).
 
+On a GPU all three keep the images on the GPU and slice each batch there (the project's
+`--data.on_device auto`; checked before the numbers are kept), so they compare like with like.
+
 Then it runs `python train.py --trainer.max_epochs 1` as a user would, and reports the time from
-the command to the first training step and the peak resident memory of the process.
+the command to the first training step and the peak resident memory of the process (and on a GPU
+its peak GPU memory, as PyTorch's allocator counts it).
 """
 
 import argparse
@@ -123,6 +127,8 @@ class ChildReport(Callback):
 
     def __init__(self) -> None:
         atexit.register(lambda: print(f"PEAK_RSS_KIB {_peak_rss_kib()}"))
+        if torch.cuda.is_available():
+            atexit.register(lambda: print(f"PEAK_GPU_MIB {torch.cuda.max_memory_allocated() / 2**20:.0f}"))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == 0:
@@ -139,6 +145,7 @@ def project_fit(
     clock = PairedClock(bare)
     cli.trainer.callbacks.append(clock)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    _check_data_beside(cli.datamodule, bare)
     return clock
 
 
@@ -153,12 +160,22 @@ def lightning_fit(
         max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
     )  # fmt: skip
-    trainer.fit(VAEModule(hidden_dim=hidden), datamodule=MNISTDataModule(data_dir=data_dir, batch_size=batch_size))
+    datamodule = MNISTDataModule(data_dir=data_dir, batch_size=batch_size)
+    trainer.fit(VAEModule(hidden_dim=hidden), datamodule=datamodule)
+    _check_data_beside(datamodule, bare)
     return clock
 
 
-def startup_and_memory(data_dir: str, accelerator: str) -> tuple[float, float]:
-    """Seconds from launching `python train.py` to its first step, and its peak RSS in GiB."""
+def _check_data_beside(datamodule: MNISTDataModule, bare: BareLoop) -> None:
+    """A fit and the bare loop compare like with like only if both slice batches on the same device."""
+    where = datamodule.train_set.images.device
+    if where.type != bare.images.device.type:
+        raise RuntimeError(f"the fit's data is on {where}, the bare loop's on {bare.images.device}: not comparable")
+
+
+def startup_and_memory(data_dir: str, accelerator: str) -> tuple[float, float, float | None]:
+    """Seconds from launching `python train.py` to its first step, its peak RSS in GiB and (on a
+    GPU) the peak GPU memory its tensors took, in MiB."""
     with tempfile.TemporaryDirectory() as cwd:
         cmd = [sys.executable, str(REPO / "train.py"), "--trainer.max_epochs=1", f"--data.data_dir={data_dir}"]
         cmd += [f"--trainer.accelerator={accelerator}", "--trainer.callbacks+=throughput.ChildReport"]
@@ -167,7 +184,8 @@ def startup_and_memory(data_dir: str, accelerator: str) -> tuple[float, float]:
         out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
     first_step = float(re.search(r"FIRST_STEP_AT (\S+)", out).group(1))
     peak_kib = int(re.search(r"PEAK_RSS_KIB (\d+)", out).group(1))
-    return first_step - launched, peak_kib / 2**20
+    gpu = re.search(r"PEAK_GPU_MIB (\d+)", out)
+    return first_step - launched, peak_kib / 2**20, float(gpu.group(1)) if gpu else None
 
 
 def _median(clocks: list[PairedClock], column: str) -> float:
@@ -221,9 +239,12 @@ def main() -> None:
         print(f"784-{hidden}-20, batch {batch_size}: a bare step takes {bare:.2f} ms; the project adds {extra:.2f} ms "
               f"per step, Lightning alone {alone:.2f} ms")  # fmt: skip
 
-    startup, peak = startup_and_memory(data_dir, args.accelerator)
+    if device.type == "cuda":
+        print(f"peak GPU memory of these fits: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    startup, peak, gpu_peak = startup_and_memory(data_dir, args.accelerator)
+    gpu = f", peak GPU memory {gpu_peak:.0f} MiB" if gpu_peak is not None else ""
     print(f"\npython train.py --trainer.max_epochs 1: first training step after {startup:.1f} s, "
-          f"peak resident memory {peak:.2f} GiB")  # fmt: skip
+          f"peak resident memory {peak:.2f} GiB{gpu}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import hashlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from tests.conftest import TEST_SIZE, TRAIN_SIZE
 from vae import mnist_files
-from vae.data import InMemoryMNIST, MNISTDataModule
+from vae.data import InMemoryMNIST, MNISTDataModule, resident_device
 from vae.mnist_files import MNISTFilesError, ensure_mnist, raw_dir, read_idx
 
 
@@ -174,8 +175,10 @@ def test_static_binarisation_is_fixed_for_every_split_and_keeps_the_grey_mean(da
     # the file is binarised before the split: another split holds the same binary images
     other_split = MNISTDataModule(data_dir=str(data_dir), val_size=100, split_seed=1, binarize="static")
     other_split.setup("fit")
-    rows = [sorted(map(bytes, torch.cat([d.train_set.images, d.val_set.images]).flatten(1).numpy()))
-            for d in (dm, other_split)]
+    rows = [
+        sorted(map(bytes, torch.cat([d.train_set.images, d.val_set.images]).flatten(1).numpy()))
+        for d in (dm, other_split)
+    ]
     assert rows[0] == rows[1]
 
 
@@ -206,3 +209,32 @@ def test_no_binarisation_keeps_grey_levels(data_dir):
 def test_an_unknown_binarisation_names_the_option_and_the_choices():
     with pytest.raises(ValueError, match="--data.binarize.*none, dynamic, static.*'otsu'"):
         MNISTDataModule(binarize="otsu")
+
+
+@pytest.mark.parametrize(
+    ("on_device", "root", "where"),
+    [
+        ("auto", "cuda", "cuda"),
+        ("auto", "cpu", "cpu"),
+        ("auto", "mps", "cpu"),
+        (True, "mps", "mps"),
+        (False, "cuda", "cpu"),
+    ],
+)
+def test_the_data_lives_on_a_cuda_gpu_by_default_and_where_on_device_says(on_device, root, where):
+    assert resident_device(on_device, torch.device(root)) == torch.device(where)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_with_on_device_every_split_is_served_in_batches_already_on_the_training_device(data_dir, on_device):
+    """The "meta" device stands in for a GPU: tensors there have shapes but no data, and an index
+    slice of them stays there. A batch arriving on it was sliced there, not copied from the host."""
+    dm = MNISTDataModule(data_dir=str(data_dir), batch_size=32, val_size=100, on_device=on_device)
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("meta")), distributed_sampler_kwargs=None
+    )
+    dm.setup("fit")
+    where = torch.device("meta" if on_device else "cpu")
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        images, labels = next(iter(loader))
+        assert images.device == labels.device == where and images.shape == (32, 28, 28)

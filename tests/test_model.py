@@ -71,3 +71,13 @@ def test_conv_output_bias_starts_at_the_pixel_means():
 def test_an_unknown_architecture_names_the_option():
     with pytest.raises(ValueError, match="--model.arch must be one of mlp, conv"):
         VAE(arch="transformer")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_the_output_bias_layer_is_held_by_reference_without_changing_the_checkpoint_keys(arch):
+    model = VAE(hidden_dim=16, latent_dim=2, arch=arch)
+    assert any(layer is model.output_layer for layer in model.decoder)
+    assert not any(key.startswith("output_layer") for key in model.state_dict())  # its weights are saved once
+    pixel_mean = torch.rand(1, 28, 28) * 0.9 + 0.05
+    model.init_output_bias(pixel_mean)
+    torch.testing.assert_close(torch.sigmoid(model.output_layer.bias).reshape(1, 28, 28), pixel_mean)

@@ -243,21 +243,74 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(Callback):
-    """Stops training at the first NaN/inf loss, before it reaches the weights or a checkpoint.
+    """Stops training once the loss is NaN or infinite, before a checkpoint holds weights it changed, naming the step.
 
-    Checks every step, before the backward pass, with one `.item()` (a single op: `isfinite`,
-    `all` and `bool` on the tensor cost three, ~1% of a CPU step here); on a GPU it is one host
-    sync per step, the price of naming the exact step. The last checkpoint stays as it was.
+    In one process on a CPU it checks every step before the backward pass, with one `.item()`:
+    the run stops before the bad update, at the exact step. On a GPU (or under DDP) an `.item()`
+    per step would make the host wait for the device every step, so there the device only
+    remembers the first step whose loss was not finite (`torch.minimum`, no sync), and the host
+    reads it where it waits anyway: on the steps the logger writes, before every checkpoint is
+    written (`on_save_checkpoint` runs before the file is), and at the end of training. Under DDP
+    the ranks take the earliest bad step of any rank, so they all stop together. The weights in
+    memory may by then have taken bad updates; no checkpoint has. (A weights-only checkpoint,
+    `save_weights_only`, skips callbacks' hooks, so it is not guarded.)
     """
 
+    NO_BAD_STEP = torch.iinfo(torch.int64).max
+
+    def __init__(self) -> None:
+        self._first_bad_step: torch.Tensor | None = None  # on the device, when checks are deferred
+
+    def checks_every_step(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Check at each step where that costs no device wait: one process, on a CPU."""
+        return pl_module.device.type == "cpu" and trainer.world_size == 1
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        every_step = self.checks_every_step(trainer, pl_module)
+        self._first_bad_step = None if every_step else torch.tensor(self.NO_BAD_STEP, device=pl_module.device)
+
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        if self._first_bad_step is not None:
+            bad_step = torch.where(torch.isfinite(loss.detach()), self.NO_BAD_STEP, trainer.global_step)
+            self._first_bad_step = torch.minimum(self._first_bad_step, bad_step)
+            return
         value = loss.item()
         if not math.isfinite(value):
-            checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-            raise NonFiniteLossError(
-                f"The training loss became {value} at global step {trainer.global_step} (epoch "
-                f"{trainer.current_epoch}); training stopped before the step and nothing was saved after it. "
-                + (f"The last good checkpoint is {checkpoint}: resume from it with a lower --model.lr, "
-                   if checkpoint else "No checkpoint had been written yet: restart with a lower --model.lr, ")
-                + "or look for bad input data."
-            )
+            raise self._error(
+                trainer, f"became {value} at global step {trainer.global_step}",
+                "training stopped before the step and nothing was saved after it",
+            )  # fmt: skip
+
+    def on_train_batch_end(self, trainer: Trainer, *args) -> None:
+        every = trainer.log_every_n_steps
+        if every and trainer.global_step % every == 0:
+            self._check(trainer)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        self._check(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: Trainer) -> None:
+        """One host-device sync (and under DDP one all-reduce, on every rank at the same point)."""
+        if self._first_bad_step is None:
+            return
+        step = int(trainer.strategy.reduce(self._first_bad_step, reduce_op="min"))
+        if step != self.NO_BAD_STEP:
+            raise self._error(
+                trainer, f"became NaN or infinite at global step {step}",
+                f"training stopped at step {trainer.global_step}, before any checkpoint held the weights it changed",
+            )  # fmt: skip
+
+    @staticmethod
+    def _error(trainer: Trainer, what: str, stopped: str) -> "NonFiniteLossError":
+        checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        advice = (
+            f"The last good checkpoint is {checkpoint}: resume from it with a lower --model.lr, "
+            if checkpoint
+            else "No checkpoint had been written yet: restart with a lower --model.lr, "
+        )
+        return NonFiniteLossError(
+            f"The training loss {what} (epoch {trainer.current_epoch}); {stopped}. {advice}or look for bad input data."
+        )

@@ -50,8 +50,8 @@ from vae.predictions import PredictionsFile
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGS_DIR = "lightning_logs"
 PROGRESS_BAR_REFRESH_STEPS = 10
-# Model options that say how to evaluate, not what was trained: never taken from a checkpoint.
-EVALUATION_SETTINGS = ("iw_samples",)
+# Model options that say how to evaluate or run, not what was trained: never taken from a checkpoint.
+EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
 # Model options that fix the shapes of the weights: a checkpoint cannot be loaded into others.
 ARCHITECTURE = ("arch", "hidden_dim", "latent_dim")
 # Data options that say what the model was trained and validated on: a checkpoint supplies them.

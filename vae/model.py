@@ -106,6 +106,15 @@ def resnet(hidden_dim: int, latent_dim: int, channels: int = 64) -> tuple[nn.Mod
 ARCHITECTURES = {"mlp": mlp, "conv": conv, "resnet": resnet}
 
 
+def _output_bias_layer(decoder: nn.Module) -> nn.Module | None:
+    """The decoder's last layer with one bias per pixel (the one `init_output_bias` sets), if any."""
+    for layer in reversed(list(decoder.modules())):
+        bias = getattr(layer, "bias", None)
+        if isinstance(bias, nn.Parameter) and bias.numel() == IMAGE_PIXELS:
+            return layer
+    return None
+
+
 class VAE(nn.Module):
     """q(z|x) = N(mu, exp(logvar)), p(z) = N(0, I), p(x|z) Bernoulli, around an encoder/decoder pair."""
 
@@ -115,6 +124,9 @@ class VAE(nn.Module):
             raise ValueError(f"--model.arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}.")
         self.latent_dim = latent_dim
         self.encoder, self.decoder = ARCHITECTURES[arch](hidden_dim, latent_dim)
+        # A plain reference, not a registered submodule: the layer's weights stay in state_dict once,
+        # under decoder.*, so checkpoints keep their keys.
+        self.__dict__["output_layer"] = _output_bias_layer(self.decoder)
         self.to_mu = nn.Linear(hidden_dim, latent_dim)
         self.to_logvar = nn.Linear(hidden_dim, latent_dim)
 
@@ -144,9 +156,11 @@ class VAE(nn.Module):
         Before any learning, every reconstruction is then the average digit rather than grey
         noise, which removes the first epoch's detour (Burda et al. 2015 initialise this way).
         """
+        if self.output_layer is None:
+            raise ValueError("this decoder has no per-pixel output bias to start at the pixel means")
         eps = 1.0 / 255
-        last = self.decoder[-1] if isinstance(self.decoder[-1], PixelBias) else self.decoder[-2]
-        last.bias.copy_(torch.logit(pixel_mean.clamp(eps, 1 - eps)).reshape_as(last.bias))
+        bias = self.output_layer.bias
+        bias.copy_(torch.logit(pixel_mean.clamp(eps, 1 - eps)).reshape_as(bias).to(bias.device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +170,12 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images from the prior, as pixel means in [0, 1], (n, 1, 28, 28)."""
+        """n images from the prior, as pixel means in [0, 1], (n, 1, 28, 28).
+
+        z is drawn on the generator's device and then moved to the model's, so a CPU generator
+        works with a model on a GPU, and a seed gives the same z wherever the model is.
+        """
         device = next(self.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
-        return torch.sigmoid(self.decode(z))
+        noise_device = device if generator is None else generator.device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=noise_device)
+        return torch.sigmoid(self.decode(z.to(device)))

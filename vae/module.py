@@ -11,9 +11,11 @@ test ELBO comes from the same k samples as `test/nll` (its reconstruction term a
 its KL analytic), so `test/loss` does not move with the noise of a single draw.
 """
 
+from typing import Literal
+
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -30,6 +32,8 @@ from vae.model import VAE
 
 TERMS = ("loss", "recon", "kl")
 LR_SCHEDULES = ("constant", "cosine")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 class VAEModule(LightningModule):
@@ -61,6 +65,13 @@ class VAEModule(LightningModule):
             setting, not part of the trained model: `test` takes it from the command line, never
             from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
             passes per image (docs/results.md, "Cost of the test"). The same samples give `test/recon`.
+        compile: `torch.compile` the network's forward pass when a Trainer runs it: true (or
+            "default"), "reduce-overhead" (also CUDA graphs: replays each step's kernels in one
+            launch; every batch shape, e.g. a short last batch, gets its own graph) or
+            "max-autotune". A setting of the run, not of the model: never taken from a checkpoint.
+        matmul_precision: `torch.set_float32_matmul_precision` for the run: "highest" (float32),
+            "high" (TF32 matrix products on GPUs that have them) or "medium" (bfloat16 products).
+            Also a setting of the run, never taken from a checkpoint.
     """
 
     def __init__(
@@ -76,6 +87,8 @@ class VAEModule(LightningModule):
         iw_samples: int = 100,
         free_bits: float = 0.0,
         train_iw_samples: int = 1,
+        compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = False,
+        matmul_precision: Literal["highest", "high", "medium"] = "highest",
     ) -> None:
         super().__init__()
         for name, value in (("hidden_dim", hidden_dim), ("latent_dim", latent_dim), ("lr", lr)):
@@ -97,6 +110,14 @@ class VAEModule(LightningModule):
                 "--model.free_bits applies to the KL term of the ELBO, which the importance-weighted bound "
                 "(--model.train_iw_samples > 1) does not have: set one of them, not both."
             )
+        if compile not in (True, False, *COMPILE_MODES):
+            raise ValueError(
+                f"--model.compile must be true, false or one of {', '.join(COMPILE_MODES)}, got {compile!r}."
+            )
+        if matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(
+                f"--model.matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {matmul_precision!r}."
+            )
         self.save_hyperparameters()
         self.model = VAE(hidden_dim, latent_dim, arch)
         self.metrics = nn.ModuleDict(
@@ -109,22 +130,65 @@ class VAEModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         # Runs after the datamodule's setup and before a checkpoint is restored.
+        torch.set_float32_matmul_precision(self.hparams.matmul_precision)
         datamodule = self.trainer.datamodule
         if stage == "fit" and self.hparams.init_output_bias and hasattr(datamodule, "pixel_mean"):
             self.model.init_output_bias(datamodule.pixel_mean())
 
+    def configure_model(self) -> None:
+        """Compile here, not in `__init__`: only a Trainer's run is compiled, not a model loaded to sample from."""
+        if self.hparams.compile:
+            mode = None if self.hparams.compile is True else self.hparams.compile
+            # dynamic=False: each batch shape gets its own static graph (what CUDA graphs need)
+            self.model.compile(mode=mode, dynamic=False)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The random state that draws the reparameterisation noise decides the future, so it is saved."""
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        """The random state that draws the reparameterisation noise decides the future, so it is saved:
+        every process's own (its CPU generator and its GPU's), gathered into the one file rank 0 writes.
+
+        Runs on every rank (Lightning's `save_checkpoint` must be called on all of them), so the
+        gather is a collective that every rank joins.
+        """
+        checkpoint["rng_states"] = {"ranks": self._rng_states_of_every_rank()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Each process takes back its own random state. A checkpoint from another number of processes
+        cannot give each its own: then every process takes rank 0's CPU state and no GPU state."""
+        if self._trainer is None:  # `load_from_checkpoint`: weights for use, the global random state left alone
+            return
         states = checkpoint.get("rng_states", {})
-        if "torch" in states:
-            torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        ranks = states.get("ranks", [{"torch": states["torch"]}] if "torch" in states else [])  # older: rank 0's CPU
+        if not ranks:
+            return
+        world_size, rank = self.trainer.world_size, self.trainer.global_rank
+        if len(ranks) == world_size:
+            mine = ranks[rank]
+        else:
+            rank_zero_warn(
+                f"The checkpoint holds the random states of {len(ranks)} process(es) and this run has {world_size}: "
+                "every process starts from rank 0's CPU state and a fresh GPU state. Training continues correctly, "
+                "but not bit-identically to an uninterrupted run."
+            )
+            mine = {"torch": ranks[0]["torch"]}
+        torch.set_rng_state(mine["torch"])
+        device = self.trainer.strategy.root_device  # the model may not be on it yet: restoring comes first
+        if "cuda" in mine and device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], device)
+
+    def _rng_states_of_every_rank(self) -> list[dict[str, torch.Tensor]]:
+        """[{"torch": CPU generator state, "cuda": this rank's GPU generator state (on a GPU)}, one per rank]."""
+        mine, device = {"torch": torch.get_rng_state()}, self.trainer.strategy.root_device
+        if device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(device)
+        if self.trainer.world_size == 1:
+            return [mine]
+        # one uint8 vector per rank, gathered on the device (NCCL gathers only GPU tensors)
+        sizes = {name: len(state) for name, state in mine.items()}
+        gathered = self.all_gather(torch.cat(list(mine.values())).to(device)).cpu()
+        return [
+            {name: state.clone() for name, state in zip(sizes, row.split(list(sizes.values())), strict=True)}
+            for row in gathered
+        ]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model(x)
@@ -133,7 +197,7 @@ class VAEModule(LightningModule):
         x, _ = batch
         loss, objective = self._loss_and_objective(x)
         # Only on the steps the logger writes (every `log_every_n_steps`, as Lightning counts them):
-        # each `self.log` call costs Lightning ~0.5 ms of bookkeeping, a tenth of a CPU step here.
+        # each `self.log` call costs Lightning bookkeeping that is a visible share of a step this small.
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:
             self.log("train/loss", loss.mean(), prog_bar=True, batch_size=len(x))  # the true -ELBO

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Every GPU check of this project in one script, sized for at most 9 minutes on one H100/H200.
+# From the repository root on the GPU machine (see docs/gpu.md):
+#
+#     source .device-kit/prelude.sh && bash bench/gpu.sh
+#
+#   1. the card, driver and library versions
+#   2. pytest -m gpu, with CUBLAS_WORKSPACE_CONFIG=:4096:8 (deterministic cuBLAS, for bit-identical resume)
+#   3. python train.py --trainer.accelerator gpu (the defaults: 30 epochs), timed from command to exit,
+#      the GPU's memory sampled by nvidia-smi meanwhile; then train.py test on its last.ckpt
+#   4. bench/throughput.py --accelerator gpu --batch_sizes 128 1024 (the default 784-512-20 network)
+#   5. bench/speed_options.py: float32 (twice, for seed noise), TF32, bf16-mixed, compile, CUDA graphs
+#
+# Each step has a time limit inside one budget (BENCH_BUDGET_S, default 520 s); a step that no longer
+# fits is skipped and the summary says so. Full logs go to $OUT/gpu-bench (or a temporary folder);
+# the script ends with a summary. Runs' checkpoints stay in a temporary folder.
+# To try the script without a GPU: BENCH_ACCELERATOR=cpu BENCH_QUICK=1 BENCH_DATA_DIR=<folder with MNIST/raw>.
+set -u
+
+REPO=$(pwd)
+PY=$(command -v python || command -v python3)
+ACCELERATOR=${BENCH_ACCELERATOR:-gpu}
+DATA_DIR=${BENCH_DATA_DIR:-$REPO/data}
+if [ ! -f "$DATA_DIR/MNIST/raw/train-images-idx3-ubyte" ]; then
+    echo "bench/gpu.sh: no MNIST in $DATA_DIR/MNIST/raw: run it as 'source .device-kit/prelude.sh && bash bench/gpu.sh'"
+    exit 1
+fi
+DATA_DIR=$(cd "$DATA_DIR" && pwd)
+BUDGET=${BENCH_BUDGET_S:-520}
+LOGS=${OUT:-$(mktemp -d)}/gpu-bench
+WORK=$(mktemp -d)
+mkdir -p "$LOGS"
+START=$(date +%s)
+SUMMARY=()
+
+if [ -n "${BENCH_QUICK:-}" ]; then  # tiny sizes, to check the script itself
+    TRAIN_ARGS=(--trainer.max_epochs 1 --trainer.limit_train_batches 5 --trainer.limit_val_batches 2)
+    TEST_ARGS=(--trainer.limit_test_batches 2 --model.iw_samples 5)
+    OPTIONS_ARGS=(--epochs 2 --limit_batches 5 --hidden_dim 64 --variants float32 float32-seed1 tf32)
+    THROUGHPUT_ARGS=(--hidden_dims 16 --batch_sizes 1024 --epochs 2 --rounds 1)
+else
+    TRAIN_ARGS=()
+    TEST_ARGS=()
+    OPTIONS_ARGS=(--epochs 10)
+    THROUGHPUT_ARGS=(--batch_sizes 128 1024 --hidden_dims 512)
+fi
+
+# step NAME CAP_SECONDS COMMAND...: runs COMMAND into $LOGS/NAME.log, within CAP and what is left of the budget
+step() {
+    local name=$1 cap=$2
+    shift 2
+    local left=$((BUDGET - ($(date +%s) - START)))
+    local limit=$((cap < left ? cap : left))
+    if ((limit < 20)); then
+        SUMMARY+=("$(printf '%-14s skipped: %ss of the budget left' "$name" "$left")")
+        echo "== $name: skipped, ${left}s of the budget left"
+        return 1
+    fi
+    local command="$*"
+    echo "== $name (limit ${limit}s): ${command:0:200}"
+    local t0 t1 rc
+    t0=$(date +%s.%N)
+    timeout --kill-after=10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+    rc=$?
+    t1=$(date +%s.%N)
+    STEP_SECONDS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    local status="ok"
+    ((rc == 124 || rc == 137)) && status="TIMED OUT after ${limit}s"
+    ((rc != 0 && rc != 124 && rc != 137)) && status="FAILED (exit $rc)"
+    SUMMARY+=("$(printf '%-14s %-28s %7ss' "$name" "$status" "$STEP_SECONDS")")
+    echo "   $status in ${STEP_SECONDS}s; log: $LOGS/$name.log"
+    ((rc != 0)) && tail -n 15 "$LOGS/$name.log"
+    return $rc
+}
+
+# 1. what this machine is
+step versions 60 env PY="$PY" bash -c '
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    "$PY" - <<"PY"
+import torch, lightning, torchmetrics
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), "
+      f"lightning {lightning.__version__}, torchmetrics {torchmetrics.__version__}")
+print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA GPU")
+PY'
+cat "$LOGS/versions.log"
+
+# 2. the GPU tests
+step pytest-gpu 180 env CUBLAS_WORKSPACE_CONFIG=:4096:8 "$PY" -m pytest -q -m gpu -rs
+tail -n 3 "$LOGS/pytest-gpu.log"
+
+# 3. the default run, as a user types it, then its test
+mkdir -p "$WORK/default"
+MEMORY_LOG="$LOGS/train-default-gpu-memory.csv"
+SAMPLER=""
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$MEMORY_LOG" 2>/dev/null &
+    SAMPLER=$!
+fi
+cd "$WORK/default" || exit 1
+STEP_SECONDS="?"
+step train-default 150 "$PY" "$REPO/train.py" --trainer.accelerator "$ACCELERATOR" --data.data_dir "$DATA_DIR" \
+    "${TRAIN_ARGS[@]}"
+TRAIN_SECONDS=$STEP_SECONDS
+[ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
+PEAK_USED=$([ -s "$MEMORY_LOG" ] && sort -n "$MEMORY_LOG" | tail -n 1 || echo "?")
+step test-default 90 "$PY" "$REPO/train.py" test --ckpt_path last --trainer.accelerator "$ACCELERATOR" \
+    --data.data_dir "$DATA_DIR" "${TEST_ARGS[@]}"
+cd "$REPO" || exit 1
+RUN_DIR=$(ls -d "$WORK"/default/lightning_logs/version_* 2>/dev/null | head -n 1)
+[ -n "$RUN_DIR" ] && cp "$RUN_DIR"/*.yaml "$RUN_DIR"/test_metrics.json "$LOGS/" 2>/dev/null
+TEST_METRICS=$("$PY" - "$LOGS/test_metrics.json" <<'PY' 2>/dev/null || echo "test metrics: none"
+import json, sys
+record = json.load(open(sys.argv[1]))
+m, k = record["metrics"], record["hparams"]["iw_samples"]
+print(f"test/loss {m['test/loss']:.2f}, test/nll {m.get('test/nll', float('nan')):.2f} (k={k})")
+PY
+)
+echo "   $TEST_METRICS"
+
+# 4. project vs bare loop vs Lightning alone, data on the GPU for all three
+if [ -z "${BENCH_QUICK:-}" ] || [ "$ACCELERATOR" = gpu ]; then
+    step throughput 200 "$PY" bench/throughput.py --accelerator "$ACCELERATOR" --data_dir "$DATA_DIR" \
+        "${THROUGHPUT_ARGS[@]}"
+fi
+
+# 5. the speed options, each a fit and a test (whatever budget is left; each variant prints as it ends)
+step speed-options 300 "$PY" bench/speed_options.py --accelerator "$ACCELERATOR" --data_dir "$DATA_DIR" \
+    "${OPTIONS_ARGS[@]}"
+
+echo
+echo "================ summary ($(($(date +%s) - START)) s; logs in $LOGS) ================"
+grep -v '^$' "$LOGS/versions.log"
+printf '%s\n' "${SUMMARY[@]}"
+echo "--- pytest -m gpu: $(tail -n 1 "$LOGS/pytest-gpu.log" 2>/dev/null)"
+echo "--- python train.py --trainer.accelerator gpu (defaults): ${TRAIN_SECONDS} s command to exit;" \
+    "$TEST_METRICS; peak GPU memory used ${PEAK_USED} MiB (nvidia-smi, CUDA context included)"
+echo "--- bench/throughput.py"
+sed -n '/^network /,$p' "$LOGS/throughput.log" 2>/dev/null | grep -v '^$'
+echo "--- bench/speed_options.py"
+grep -E '^(\||seed noise|speed options:|[a-z0-9-]+: FAILED)' "$LOGS/speed-options.log" 2>/dev/null
+rm -rf "$WORK"
