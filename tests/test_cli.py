@@ -15,6 +15,7 @@ from tests.conftest import TEST_SIZE
 from vae import mnist_files
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
+from vae.cli_checks import CommandLineError
 from vae.cli import VAECLI
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
@@ -206,7 +207,7 @@ def test_test_uses_the_data_the_checkpoint_was_trained_on(in_tmp, data_dir):
 
 def test_an_unwritable_log_folder_is_reported_before_training(in_tmp, data_dir):
     (in_tmp / "lightning_logs").write_text("a file where the runs should go")
-    with pytest.raises(CheckpointError, match="cannot write runs under lightning_logs"):
+    with pytest.raises(CommandLineError, match="cannot write runs under lightning_logs"):
         run_cli("fit", data_dir=data_dir)
     assert (in_tmp / "lightning_logs").read_text() == "a file where the runs should go"
 

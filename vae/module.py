@@ -9,6 +9,8 @@ samples per image: the number papers report. Validation does not: it costs k dec
 per image, and the negative ELBO already tells which epoch is best.
 """
 
+import math
+
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
@@ -86,13 +88,30 @@ class VAEModule(LightningModule):
             self.model.init_output_bias(datamodule.pixel_mean())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The random state that draws the reparameterisation noise decides the future, so it is saved."""
+        """The random state that draws the reparameterisation noise decides the future, so it is saved.
+
+        Under DDP every process has its own (evaluation shards differ in size, so the processes draw
+        different amounts of noise): each process's state is gathered, and each gets its own back.
+        """
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            state = torch.get_rng_state().to(self.device)
+            checkpoint["rng_states"]["torch_per_process"] = self.all_gather(state).cpu()
+            if self.device.type == "cuda":
+                state = torch.cuda.get_rng_state(self.device).to(self.device)
+                checkpoint["rng_states"]["cuda_per_process"] = self.all_gather(state).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states", {})
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        per_process = states.get("torch_per_process")
+        if per_process is not None and len(per_process) == world_size:
+            torch.set_rng_state(per_process[self.global_rank])
+            if "cuda_per_process" in states and self.device.type == "cuda":
+                torch.cuda.set_rng_state(states["cuda_per_process"][self.global_rank], self.device)
+            return
         if "torch" in states:
             torch.set_rng_state(states["torch"])
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
@@ -106,19 +125,23 @@ class VAEModule(LightningModule):
         loss, recon, kl = negative_elbo(*self._pass(x))
         weight = self._kl_weight()
         objective = loss.mean() if weight == 1 else (recon + weight * kl).mean()
-        # Only on the steps the logger writes (every `log_every_n_steps`, as Lightning counts them):
-        # each `self.log` call costs Lightning ~0.5 ms of bookkeeping, a tenth of a CPU step here.
-        every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0:
+        # Only on the steps the logger writes (every `log_every_n_steps` optimiser steps, as Lightning
+        # counts them), once per step: each `self.log` call costs Lightning bookkeeping on the hot path.
+        # With gradient accumulation, the batch that completes the step is the one logged.
+        every, k = self.trainer.log_every_n_steps, self.trainer.accumulate_grad_batches
+        steps = (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
+        if every and steps and (self.global_step + 1) % every == 0:
             self.log("train/loss", loss.mean(), prog_bar=True, batch_size=len(x))  # the true -ELBO
         return objective
 
     def _kl_weight(self) -> float:
-        """beta, ramped up linearly over the first `kl_warmup_epochs` epochs (step by step)."""
+        """beta, ramped up linearly over the first `kl_warmup_epochs` epochs, optimiser step by optimiser step
+        (with gradient accumulation, the batches of one step share its weight)."""
         beta, warmup = self.hparams.beta, self.hparams.kl_warmup_epochs
         if not warmup:
             return beta
-        progress = (self.global_step + 1) / (warmup * self.trainer.num_training_batches)
+        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+        progress = (self.global_step + 1) / (warmup * steps_per_epoch)
         return beta * min(1.0, progress)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -1,0 +1,87 @@
+"""Checks of the command line, made before a run directory exists: each failure is one line that
+names the option and says what to do, never a traceback.
+
+- `test`, `validate` and `predict` evaluate a trained model: without `--ckpt_path` Lightning
+  would evaluate a freshly initialised one, print meaningless numbers and exit 0.
+- The log folder must be writable, or the run would die at its first checkpoint.
+- The Trainer's own checks (Lightning raises on `max_epochs -5`, `accelerator gpu` without a
+  GPU, an unknown precision, ...) are reported with the option that failed them.
+"""
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+
+# What Lightning raises when it rejects a Trainer option (ImportError: an accelerator whose package is missing).
+TRAINER_OPTION_ERRORS = (MisconfigurationException, ValueError, TypeError, ImportError)
+# Trainer options that hold objects the project builds, not a user's value.
+BUILT_OPTIONS = ("callbacks", "logger", "plugins")
+
+
+class CommandLineError(SystemExit):
+    """A bad command line, reported as one line before any run directory is created."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+
+
+def require_checkpoint(subcommand: str, ckpt_path: str | None) -> None:
+    """`test`, `validate` and `predict` of an untrained model are meaningless: ask for the model."""
+    if subcommand != "fit" and ckpt_path is None:
+        raise CommandLineError(
+            f"`{subcommand}` evaluates a trained model: pass --ckpt_path PATH.ckpt, or --ckpt_path last for the "
+            "newest run's last.ckpt."
+        )
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before training, not at the first checkpoint, if runs cannot be written under `folder`
+    (creating nothing: the nearest existing folder on its path must be a writable folder)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise CommandLineError(
+            f"cannot write runs under {folder}/: {existing} is not a writable folder; existing runs there are "
+            "untouched. Run from a writable directory, or choose another with --trainer.logger.init_args.save_dir PATH."
+        )
+
+
+def trainer_option_error(error: Exception, options: dict[str, Any], defaults: dict[str, Any]) -> CommandLineError:
+    """The one-line error for a Trainer that rejected `options`: which option, Lightning's reason, what to do.
+
+    The option is found by asking the Trainer again with each option that differs from its default
+    on its own; if no single one is refused, it is their combination that is, and all are named.
+    """
+    signature = inspect.signature(Trainer).parameters
+    given = {
+        name: value
+        for name, value in options.items()
+        if name not in BUILT_OPTIONS and name in signature and value != signature[name].default
+    }
+    culprits = [name for name in given if _refused({name: given[name]})] or list(given)
+    reason = " ".join(str(error).split()) or type(error).__name__
+    named = ", ".join(f"--trainer.{name} {given[name]}" for name in culprits) or "the Trainer's options"
+    drop = "; ".join(f"--trainer.{name} defaults to {defaults.get(name, signature[name].default)}" for name in culprits)
+    return CommandLineError(
+        f"{named}: {reason} Change or drop {'it' if len(culprits) == 1 else 'them'}"
+        + (f" ({drop})" if drop else "")
+        + "; `python train.py fit --help` lists the allowed values."
+    )
+
+
+def _refused(options: dict[str, Any]) -> bool:
+    """Whether a Trainer built with only `options` (and nothing written to disk) is refused."""
+    logging.disable(logging.INFO)  # the probe's "GPU available: ..." lines are not the user's run
+    try:
+        Trainer(**options, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    except TRAINER_OPTION_ERRORS:
+        return True
+    finally:
+        logging.disable(logging.NOTSET)
+    return False
