@@ -9,12 +9,16 @@ every rank applies the same test-only patches before it calls `vae.cli.main()`:
 Each rank also records what it fetched, and for every pass over a DataLoader the sampler Lightning
 gave it and the indices `__getitems__` received; at exit it writes them to `ddp-record-rank<R>.json`
 in the working directory, for the test to read.
+
+With `SIGKILL_AT_STEP=N` in the environment, rank 0 SIGKILLs its whole process group (itself and
+the ranks it started) at the end of optimiser step N: a machine failure at a known moment, mid-epoch.
 """
 
 import atexit
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -24,6 +28,7 @@ from tests.conftest import synthetic_files
 from vae import cli, mnist_files
 from vae.data import InMemoryMNIST
 from vae.model import VAE
+from vae.module import VAEModule
 
 _vae_forward = VAE.forward
 
@@ -34,6 +39,16 @@ def posterior_mean_in_eval(self: VAE, x: torch.Tensor) -> tuple[torch.Tensor, to
         return _vae_forward(self, x)
     mu, logvar = self.encode(x)
     return self.decode(mu), mu, logvar
+
+
+def sigkill_all_ranks_at(step: int):
+    """A `on_train_batch_end` hook: after `step` optimiser steps, rank 0 kills every rank at once."""
+
+    def on_train_batch_end(self: VAEModule, outputs, batch, batch_idx: int) -> None:
+        if self.global_step == step and self.global_rank == 0:
+            os.killpg(0, signal.SIGKILL)
+
+    return on_train_batch_end
 
 
 def main() -> None:
@@ -65,6 +80,8 @@ def main() -> None:
     DataLoader.__iter__ = recording_iter
     InMemoryMNIST.__getitems__ = recording_getitems
     atexit.register(write_record)
+    if "SIGKILL_AT_STEP" in os.environ:
+        VAEModule.on_train_batch_end = sigkill_all_ranks_at(int(os.environ["SIGKILL_AT_STEP"]))
     cli.main()
 
 

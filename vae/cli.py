@@ -31,8 +31,21 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from vae.callbacks import HParamsWithMetrics, ImageGrids, LatentProjector, StopOnNonFiniteLoss, TestMetricsJSON
-from vae.checkpoints import CheckpointError, RunCheckpoint, check_checkpoint, find_last_checkpoint, run_dir_of
-from vae.cli_checks import TRAINER_OPTION_ERRORS, check_writable, require_checkpoint, trainer_option_error
+from vae.checkpoints import (
+    CheckpointError,
+    RunCheckpoint,
+    check_checkpoint,
+    find_last_checkpoint,
+    run_dir_of,
+    training_position,
+)
+from vae.cli_checks import (
+    TRAINER_OPTION_ERRORS,
+    check_processes,
+    check_writable,
+    require_checkpoint,
+    trainer_option_error,
+)
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
 
@@ -99,7 +112,7 @@ class VAECLI(LightningCLI):
         finished parsing; across machines only a consistently shared log folder guarantees that.
         """
         super().parse_arguments(parser, args)
-        self._evaluation_settings = {}
+        self._evaluation_settings, self._resumed = {}, None
         if not self.config.get("subcommand"):
             return
         subcommand = self.config.subcommand
@@ -117,6 +130,7 @@ class VAECLI(LightningCLI):
             logger = config.trainer.logger
             logger_args = logger.init_args if hasattr(logger, "init_args") else None
             self._pin_logger(checkpoint, logger_args)
+            self._resumed = (checkpoint, training_position(saved)) if subcommand == "fit" else None
         self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
         if logger_args is not None and "save_dir" in logger_args:
             check_writable(Path(logger_args.save_dir) / (logger_args.get("name") or ""))
@@ -179,6 +193,11 @@ class VAECLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as err:
             raise SystemExit(f"error: {err}") from None
+
+    def after_instantiate_classes(self) -> None:
+        """Once the Trainer knows its number of processes: may a resumed fit continue on it?"""
+        if self._resumed is not None:
+            check_processes(*self._resumed, self.trainer.world_size)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer's own checks of its options, as one line naming the option (`vae.cli_checks`)."""

@@ -4,6 +4,7 @@ names the option and says what to do, never a traceback.
 - `test`, `validate` and `predict` evaluate a trained model: without `--ckpt_path` Lightning
   would evaluate a freshly initialised one, print meaningless numbers and exit 0.
 - The log folder must be writable, or the run would die at its first checkpoint.
+- A run resumed mid-epoch must run on as many processes as it was started with.
 - The Trainer's own checks (Lightning raises on `max_epochs -5`, `accelerator gpu` without a
   GPU, an unknown precision, ...) are reported with the option that failed them.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 
 # What Lightning raises when it rejects a Trainer option (ImportError: an accelerator whose package is missing).
 TRAINER_OPTION_ERRORS = (MisconfigurationException, ValueError, TypeError, ImportError)
@@ -50,6 +52,27 @@ def check_writable(folder: Path) -> None:
             f"cannot write runs under {folder}/: {existing} is not a writable folder; existing runs there are "
             "untouched. Run from a writable directory, or choose another with --trainer.logger.init_args.save_dir PATH."
         )
+
+
+def check_processes(checkpoint: Path, position: dict[str, int] | None, processes: int) -> None:
+    """Resuming on another number of processes than the checkpoint's run: refused in the middle of
+    an epoch (that epoch's order was dealt to the old number), said at an epoch's end (the run goes
+    on, but each optimiser step now averages another number of batches, so not as it would have)."""
+    if position is None or position.get("processes", 1) == processes:
+        return
+    trained_on = position.get("processes", 1)
+    if position["served"] < position.get("size", position["served"]):
+        raise CommandLineError(
+            f"--ckpt_path {checkpoint} was written in the middle of epoch {position['epoch']} by a run on {trained_on} "
+            f"process(es), and this command starts {processes}. Resume it on {trained_on} (--trainer.devices x "
+            f"--trainer.num_nodes), with --trainer.max_epochs {position['epoch'] + 1} to finish that epoch; from the "
+            "end of an epoch it can go on with any number."
+        )
+    rank_zero_warn(
+        f"Resuming a run trained on {trained_on} process(es) with {processes}: from now on each optimiser step "
+        f"averages {processes} processes' batches instead of {trained_on}, so the run cannot end as an uninterrupted "
+        f"one would. Resume on {trained_on} for that."
+    )
 
 
 def trainer_option_error(error: Exception, options: dict[str, Any], defaults: dict[str, Any]) -> CommandLineError:

@@ -108,9 +108,10 @@ class VAEModule(LightningModule):
         world_size = self.trainer.world_size if self._trainer is not None else 1
         per_process = states.get("torch_per_process")
         if per_process is not None and len(per_process) == world_size:
-            torch.set_rng_state(per_process[self.global_rank])
+            # clone: a row of the gathered tensor starts at an offset, which set_rng_state does not honour
+            torch.set_rng_state(per_process[self.global_rank].clone())
             if "cuda_per_process" in states and self.device.type == "cuda":
-                torch.cuda.set_rng_state(states["cuda_per_process"][self.global_rank], self.device)
+                torch.cuda.set_rng_state(states["cuda_per_process"][self.global_rank].clone(), self.device)
             return
         if "torch" in states:
             torch.set_rng_state(states["torch"])

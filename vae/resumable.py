@@ -10,7 +10,9 @@ Here the order of epoch e is a pure function of (seed, e), the same permutation
 r, r + W, ...; the last round is padded with the epoch's first images so that every process gets
 as many). The state is (epoch, positions of the epoch's order already dealt, W): enough to deal
 the rest of the epoch exactly. Under DDP only process 0's state is saved, which is every
-process's, as they all take one batch per step.
+process's, as they all take one batch per step. The rest of an epoch can only be dealt to as many
+processes as it was started with (Lightning counts the epoch's batches done, per process): the
+command line refuses other numbers mid-epoch (`vae.cli_checks.check_processes`).
 
 Being a `DistributedSampler`, it is left alone by Lightning under DDP (Lightning wraps any other
 sampler in its `DistributedSamplerWrapper`, which keeps no position) and gets its `set_epoch`.
@@ -20,7 +22,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
 
@@ -53,27 +54,11 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "served": self.served, "processes": self.num_replicas}
+        return {"epoch": self.epoch, "served": self.served, "processes": self.num_replicas, "size": self.size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume where the state says; under another number of processes, deal the rest of the epoch to them."""
         self.epoch = state["epoch"]
-        served, processes = state["served"], state.get("processes", 1)
-        mid_epoch = served < self.size  # at or past the end, the next epoch starts afresh
-        self._skip = served if mid_epoch else 0
-        if processes != self.num_replicas:
-            rank_zero_warn(
-                f"Resuming a run trained on {processes} process(es) with {self.num_replicas}: every optimiser step "
-                f"now averages {self.num_replicas} processes' batches instead of {processes}, so the run cannot end "
-                "as an uninterrupted one would. "
-                + (
-                    f"The {self.size - served} images left in epoch {self.epoch} are dealt to the "
-                    f"{self.num_replicas} process(es): none is skipped or seen twice. "
-                    if mid_epoch
-                    else ""
-                )
-                + "For an exact resume, use the run's own number of processes."
-            )
+        self._skip = state["served"] if state["served"] < self.size else 0  # a finished epoch: the next one's start
 
 
 class ResumableDataLoader(DataLoader):
