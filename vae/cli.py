@@ -41,6 +41,7 @@ from vae.checkpoints import (
 )
 from vae.cli_checks import (
     TRAINER_OPTION_ERRORS,
+    OneLineErrorParser,
     check_processes,
     check_writable,
     require_checkpoint,
@@ -74,6 +75,7 @@ class VAECLI(LightningCLI):
         super().__init__(
             VAEModule,
             MNISTDataModule,
+            parser_class=OneLineErrorParser,
             save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,

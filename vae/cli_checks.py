@@ -6,17 +6,21 @@ names the option and says what to do, never a traceback.
 - The log folder must be writable, or the run would die at its first checkpoint.
 - A run resumed mid-epoch must run on as many processes as it was started with.
 - The Trainer's own checks (Lightning raises on `max_epochs -5`, `accelerator gpu` without a
-  GPU, an unknown precision, ...) are reported with the option that failed them.
+  GPU, `devices 0`, ...) are reported with the option that failed them.
+- A value the parser cannot read as its option's type (an unknown precision, a word for a
+  number) is reported as the option and the value, not as the whole usage text.
 """
 
 import inspect
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities import rank_zero_warn
 
 # What Lightning raises when it rejects a Trainer option (ImportError: an accelerator whose package is missing).
@@ -30,6 +34,24 @@ class CommandLineError(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"error: {message}")
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """jsonargparse's own errors (an unknown option, a value its type rejects) in one line: the
+    option, the value given, and where the allowed values are listed; not the whole usage text."""
+
+    def error(self, message: str, ex: Exception | None = None):  # -> NoReturn
+        if not self.exit_on_error:  # jsonargparse trying alternatives: not the user's error yet
+            super().error(message, ex)
+        lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+        key = re.match(r'Parser key "([^"]+)":', lines[0]) if lines else None
+        if key:  # which option, and the value given (jsonargparse words it one way or another)
+            value = next((line.partition(":")[2].strip() for line in lines if line.startswith("Given value:")), None)
+            value = value or (re.search(r"Got value: (.*)", message) or [None, "?"])[1]
+            lines = [f"--{key[1]} {value}: not a value this option accepts."]
+        what = " ".join(lines).rstrip(".") + "."
+        prog = self.prog.replace(" [options]", "")
+        raise CommandLineError(f"{what} `python {prog} --help` lists the options and their values.")
 
 
 def require_checkpoint(subcommand: str, ckpt_path: str | None) -> None:
@@ -89,6 +111,7 @@ def trainer_option_error(error: Exception, options: dict[str, Any], defaults: di
     }
     culprits = [name for name in given if _refused({name: given[name]})] or list(given)
     reason = " ".join(str(error).split()) or type(error).__name__
+    reason += "" if reason.endswith((".", "!", "?")) else "."
     named = ", ".join(f"--trainer.{name} {given[name]}" for name in culprits) or "the Trainer's options"
     drop = "; ".join(f"--trainer.{name} defaults to {defaults.get(name, signature[name].default)}" for name in culprits)
     return CommandLineError(
@@ -102,7 +125,7 @@ def _refused(options: dict[str, Any]) -> bool:
     """Whether a Trainer built with only `options` (and nothing written to disk) is refused."""
     logging.disable(logging.INFO)  # the probe's "GPU available: ..." lines are not the user's run
     try:
-        Trainer(**options, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        Trainer(**{"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, **options})
     except TRAINER_OPTION_ERRORS:
         return True
     finally:
