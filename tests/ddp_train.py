@@ -10,8 +10,9 @@ Each rank also records what it fetched, and for every pass over a DataLoader the
 gave it and the indices `__getitems__` received; at exit it writes them to `ddp-record-rank<R>.json`
 in the working directory, for the test to read.
 
-With `SIGKILL_AT_STEP=N` in the environment, rank 0 SIGKILLs its whole process group (itself and
-the ranks it started) at the end of optimiser step N: a machine failure at a known moment, mid-epoch.
+With `SIGKILL_IN_WRITE_AT_STEP=N` in the environment, rank 0 SIGKILLs its whole process group
+(itself and the ranks it started) half-way through writing the checkpoint of optimiser step N: a
+machine failure at a known moment, at the worst time.
 """
 
 import atexit
@@ -26,9 +27,9 @@ from torch.utils.data import DataLoader
 
 from tests.conftest import synthetic_files
 from vae import cli, mnist_files
+from vae.checkpoints import SafeCheckpointIO
 from vae.data import InMemoryMNIST
 from vae.model import VAE
-from vae.module import VAEModule
 
 _vae_forward = VAE.forward
 
@@ -41,14 +42,22 @@ def posterior_mean_in_eval(self: VAE, x: torch.Tensor) -> tuple[torch.Tensor, to
     return self.decode(mu), mu, logvar
 
 
-def sigkill_all_ranks_at(step: int):
-    """A `on_train_batch_end` hook: after `step` optimiser steps, rank 0 kills every rank at once."""
+def sigkill_all_ranks_inside_the_write_at(step: int):
+    """A `SafeCheckpointIO.save_checkpoint` that, at `step`, kills every rank with half the file written."""
+    save_checkpoint, real_save = SafeCheckpointIO.save_checkpoint, torch.save
 
-    def on_train_batch_end(self: VAEModule, outputs, batch, batch_idx: int) -> None:
-        if self.global_step == step and self.global_rank == 0:
-            os.killpg(0, signal.SIGKILL)
+    def half_written_then_killed(obj, f, *args, **kwargs) -> None:
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(f.tell() // 2)
+        f.flush()
+        os.killpg(0, signal.SIGKILL)
 
-    return on_train_batch_end
+    def save(self: SafeCheckpointIO, checkpoint: dict, path, storage_options=None) -> None:
+        if checkpoint["global_step"] == step:
+            torch.save = half_written_then_killed
+        save_checkpoint(self, checkpoint, path, storage_options)
+
+    return save
 
 
 def main() -> None:
@@ -80,8 +89,9 @@ def main() -> None:
     DataLoader.__iter__ = recording_iter
     InMemoryMNIST.__getitems__ = recording_getitems
     atexit.register(write_record)
-    if "SIGKILL_AT_STEP" in os.environ:
-        VAEModule.on_train_batch_end = sigkill_all_ranks_at(int(os.environ["SIGKILL_AT_STEP"]))
+    if "SIGKILL_IN_WRITE_AT_STEP" in os.environ:
+        step = int(os.environ["SIGKILL_IN_WRITE_AT_STEP"])
+        SafeCheckpointIO.save_checkpoint = sigkill_all_ranks_inside_the_write_at(step)
     cli.main()
 
 

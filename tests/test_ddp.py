@@ -2,10 +2,11 @@
 
 The scenario, run once for the module, drives the command line as a user would. In one working
 directory, a 2-process fit of 2 epochs that starts from an empty data folder: the reference. In
-another, the same fit SIGKILLed (every process at once) in the middle of its first epoch, a
-2-process resume with `--ckpt_path last`, and a 2-process `test`. What each command left behind
-(its `lightning_logs/` and every rank's record, see tests/ddp_train.py) is copied aside; the tests
-read it.
+another, the same fit SIGKILLed (every process at once, one of them half-way through writing a
+checkpoint) in the middle of its first epoch, a 2-process resume with `--ckpt_path last`, and a
+2-process `test`. What each command left behind (its `lightning_logs/` and every rank's record,
+see tests/ddp_train.py) is copied aside; the tests read it. This is the fault test of DDP
+(tests/test_fault.py kills a single process at random moments).
 """
 
 import json
@@ -30,13 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 VAL_SIZE = 65  # odd: the two ranks evaluate 33 and 32 images, i.e. 2 batches and 1
 TRAIN = TRAIN_SIZE - VAL_SIZE  # 575, odd: the sampler pads it to 2 x 288
 STEPS_PER_EPOCH = 9  # 288 images per rank in batches of 32
-SAVED_AT, KILLED_AT = 4, 6  # last.ckpt every 4 steps; the kill loses steps 5 and 6 of the first epoch
+SAVED_AT, KILLED_AT = 4, 8  # last.ckpt every 4 steps; killed inside the write of step 8's: 4 steps lost
 DATA = ["--data.val_size", str(VAL_SIZE), "--data.batch_size", "32"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 FIT = ["fit", "--trainer.max_epochs", "2", "--model.hidden_dim", "16", "--model.latent_dim", "4",
        "--checkpoint.save_last_every_n_steps", str(SAVED_AT)]  # fmt: skip
-# (name, working directory, arguments, SIGKILL_AT_STEP), run in this order
+# (name, working directory, arguments, SIGKILL_IN_WRITE_AT_STEP), run in this order
 COMMANDS = [
     ("reference", "uninterrupted", FIT, None),
     ("killed", "interrupted", FIT, KILLED_AT),
@@ -53,7 +54,7 @@ def run_ddp(cwd: Path, args: list[str], kill_at_step: int | None = None) -> None
         command += ["--trainer.log_every_n_steps", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if kill_at_step is not None:
-        env["SIGKILL_AT_STEP"] = str(kill_at_step)
+        env["SIGKILL_IN_WRITE_AT_STEP"] = str(kill_at_step)
     with open(cwd / "log.txt", "a") as log:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
@@ -149,7 +150,8 @@ def test_data_is_fetched_once_and_every_epoch_is_split_between_the_ranks_in_a_ne
 
 def test_a_run_sigkilled_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_optimiser(ddp):
     killed = state(ddp["killed"])
-    assert (killed["epoch"], killed["global_step"]) == (0, SAVED_AT)  # steps 5 and 6 were lost with the processes
+    assert (killed["epoch"], killed["global_step"]) == (0, SAVED_AT)  # the steps after it were lost
+    assert (ddp["killed"] / "lightning_logs/version_0/checkpoints/.last.ckpt.partial").is_file()  # died mid-write
 
     # The resumed run served each rank the rest of the first epoch, then the second, as the reference did.
     for reference, resumed in zip(passes(ddp["reference"], TRAIN), passes(ddp["resume"], TRAIN), strict=True):
