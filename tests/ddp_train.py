@@ -35,10 +35,16 @@ _vae_forward = VAE.forward
 
 
 def posterior_mean_in_eval(self: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`VAE.forward`, but in eval mode the decoder gets z = mu instead of a draw from q(z|x)."""
+    """`VAE.forward`, but in eval mode the decoder gets z = mu instead of the draw from q(z|x).
+
+    The draw is still made: the random state moves as in a real run, where ranks evaluating shards
+    of different sizes draw different amounts of noise and their states drift apart (which a
+    resume must restore per rank).
+    """
     if self.training:
         return _vae_forward(self, x)
     mu, logvar = self.encode(x)
+    self.reparameterize(mu, logvar)
     return self.decode(mu), mu, logvar
 
 

@@ -3,7 +3,7 @@
 The scenario, run once for the module, drives the command line as a user would. In one working
 directory, a 2-process fit of 2 epochs that starts from an empty data folder: the reference. In
 another, the same fit SIGKILLed (every process at once, one of them half-way through writing a
-checkpoint) in the middle of its first epoch, a 2-process resume with `--ckpt_path last`, and a
+checkpoint) in the middle of its second epoch, a 2-process resume with `--ckpt_path last`, and a
 2-process `test`. What each command left behind (its `lightning_logs/` and every rank's record,
 see tests/ddp_train.py) is copied aside; the tests read it. This is the fault test of DDP
 (tests/test_fault.py kills a single process at random moments).
@@ -31,12 +31,14 @@ REPO = Path(__file__).resolve().parents[1]
 VAL_SIZE = 65  # odd: the two ranks evaluate 33 and 32 images, i.e. 2 batches and 1
 TRAIN = TRAIN_SIZE - VAL_SIZE  # 575, odd: the sampler pads it to 2 x 288
 STEPS_PER_EPOCH = 9  # 288 images per rank in batches of 32
-SAVED_AT, KILLED_AT = 4, 8  # last.ckpt every 4 steps; killed inside the write of step 8's: 4 steps lost
+# last.ckpt every 4 steps; killed inside the write of step 16's, mid epoch 1, after a validation
+# (which leaves the ranks' random states apart): the resume starts from step 12
+SAVE_EVERY, KILLED_AT, LAST_SAVED = 4, 16, 12
 DATA = ["--data.val_size", str(VAL_SIZE), "--data.batch_size", "32"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 FIT = ["fit", "--trainer.max_epochs", "2", "--model.hidden_dim", "16", "--model.latent_dim", "4",
-       "--checkpoint.save_last_every_n_steps", str(SAVED_AT)]  # fmt: skip
+       "--checkpoint.save_last_every_n_steps", str(SAVE_EVERY)]  # fmt: skip
 # (name, working directory, arguments, SIGKILL_IN_WRITE_AT_STEP), run in this order
 COMMANDS = [
     ("reference", "uninterrupted", FIT, None),
@@ -150,12 +152,12 @@ def test_data_is_fetched_once_and_every_epoch_is_split_between_the_ranks_in_a_ne
 
 def test_a_run_sigkilled_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_optimiser(ddp):
     killed = state(ddp["killed"])
-    assert (killed["epoch"], killed["global_step"]) == (0, SAVED_AT)  # the steps after it were lost
+    assert (killed["epoch"], killed["global_step"]) == (1, LAST_SAVED)  # the steps after it were lost
     assert (ddp["killed"] / "lightning_logs/version_0/checkpoints/.last.ckpt.partial").is_file()  # died mid-write
 
-    # The resumed run served each rank the rest of the first epoch, then the second, as the reference did.
+    # The resumed run served each rank the rest of the second epoch, as the reference did.
     for reference, resumed in zip(passes(ddp["reference"], TRAIN), passes(ddp["resume"], TRAIN), strict=True):
-        assert resumed == [reference[0][SAVED_AT:], reference[1]]
+        assert resumed == [reference[1][LAST_SAVED - STEPS_PER_EPOCH :]]
 
     a, b = state(ddp["reference"]), state(ddp["resume"])
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
@@ -189,7 +191,7 @@ def resume_on_one_process(ddp: dict[str, Path], run: str, cwd: Path, *args: str)
 
 
 def test_resuming_mid_epoch_on_another_number_of_processes_is_refused_and_changes_nothing(ddp, tmp_path):
-    with pytest.raises(SystemExit, match=r"middle of epoch 0 by a run on 2 process.*Resume it on 2") as exit_:
+    with pytest.raises(SystemExit, match=r"middle of epoch 1 by a run on 2 process.*Resume it on 2") as exit_:
         resume_on_one_process(ddp, "killed", tmp_path)
     assert "\n" not in str(exit_.value.code)
     assert sorted(p.name for p in (tmp_path / "lightning_logs/version_0").rglob("*")) == sorted(
