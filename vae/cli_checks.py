@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -40,7 +40,7 @@ class OneLineErrorParser(LightningArgumentParser):
     """jsonargparse's own errors (an unknown option, a value its type rejects) in one line: the
     option, the value given, and where the allowed values are listed; not the whole usage text."""
 
-    def error(self, message: str, ex: Exception | None = None):  # -> NoReturn
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse trying alternatives: not the user's error yet
             super().error(message, ex)
         lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
