@@ -9,12 +9,17 @@ every rank applies the same test-only patches before it calls `vae.cli.main()`:
 Each rank also records what it fetched, and for every pass over a DataLoader the sampler Lightning
 gave it and the indices `__getitems__` received; at exit it writes them to `ddp-record-rank<R>.json`
 in the working directory, for the test to read.
+
+With `SIGKILL_IN_WRITE_AT_STEP=N` in the environment, rank 0 SIGKILLs its whole process group
+(itself and the ranks it started) half-way through writing the checkpoint of optimiser step N: a
+machine failure at a known moment, at the worst time.
 """
 
 import atexit
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -22,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from tests.conftest import synthetic_files
 from vae import cli, mnist_files
+from vae.checkpoints import SafeCheckpointIO
 from vae.data import InMemoryMNIST
 from vae.model import VAE
 
@@ -29,11 +35,35 @@ _vae_forward = VAE.forward
 
 
 def posterior_mean_in_eval(self: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`VAE.forward`, but in eval mode the decoder gets z = mu instead of a draw from q(z|x)."""
+    """`VAE.forward`, but in eval mode the decoder gets z = mu instead of the draw from q(z|x).
+
+    The draw is still made: the random state moves as in a real run, where ranks evaluating shards
+    of different sizes draw different amounts of noise and their states drift apart (which a
+    resume must restore per rank).
+    """
     if self.training:
         return _vae_forward(self, x)
     mu, logvar = self.encode(x)
+    self.reparameterize(mu, logvar)
     return self.decode(mu), mu, logvar
+
+
+def sigkill_all_ranks_inside_the_write_at(step: int):
+    """A `SafeCheckpointIO.save_checkpoint` that, at `step`, kills every rank with half the file written."""
+    save_checkpoint, real_save = SafeCheckpointIO.save_checkpoint, torch.save
+
+    def half_written_then_killed(obj, f, *args, **kwargs) -> None:
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(f.tell() // 2)
+        f.flush()
+        os.killpg(0, signal.SIGKILL)
+
+    def save(self: SafeCheckpointIO, checkpoint: dict, path, storage_options=None) -> None:
+        if checkpoint["global_step"] == step:
+            torch.save = half_written_then_killed
+        save_checkpoint(self, checkpoint, path, storage_options)
+
+    return save
 
 
 def main() -> None:
@@ -65,6 +95,9 @@ def main() -> None:
     DataLoader.__iter__ = recording_iter
     InMemoryMNIST.__getitems__ = recording_getitems
     atexit.register(write_record)
+    if "SIGKILL_IN_WRITE_AT_STEP" in os.environ:
+        step = int(os.environ["SIGKILL_IN_WRITE_AT_STEP"])
+        SafeCheckpointIO.save_checkpoint = sigkill_all_ranks_inside_the_write_at(step)
     cli.main()
 
 

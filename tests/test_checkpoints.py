@@ -1,7 +1,9 @@
 """Checkpoints never corrupt, and never run code when loaded."""
 
 import errno
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from tests.test_cli import run_cli
 from vae.callbacks import NonFiniteLossError
 from vae.checkpoints import CheckpointError, CheckpointWriteError, SafeCheckpointIO
+from vae.cli import VAECLI
 from vae.module import VAEModule
 
 
@@ -79,10 +82,33 @@ def test_a_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def test_the_trainer_saves_and_loads_through_the_safe_io(tmp_path, monkeypatch, data_dir):
+def test_the_trainer_the_command_line_builds_saves_and_loads_through_the_safe_io(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+    cli = VAECLI(args=["--trainer.logger", "false"], run=False)
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
+
+
+def test_the_rename_is_made_durable_by_flushing_the_folder_after_it(tmp_path, monkeypatch):
+    """After a power loss, a rename not yet flushed to disk may be undone: the folder is fsynced after it."""
+    calls = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst):
+        calls.append(("replace", Path(dst)))
+        real_replace(src, dst)
+
+    def fsync(fd):
+        synced = os.fstat(fd)
+        folder = path.parent.stat()
+        is_folder = stat.S_ISDIR(synced.st_mode) and (synced.st_dev, synced.st_ino) == (folder.st_dev, folder.st_ino)
+        calls.append(("fsync", path.parent if is_folder else "a file"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    SafeCheckpointIO().save_checkpoint({"global_step": 1}, path)
+    assert calls == [("fsync", "a file"), ("replace", path), ("fsync", path.parent)]
 
 
 def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(tmp_path, monkeypatch, data_dir):

@@ -16,6 +16,7 @@ from vae import mnist_files
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
 from vae.cli import VAECLI
+from vae.cli_checks import CommandLineError
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
 
@@ -167,6 +168,49 @@ def test_invalid_options_stop_with_one_line_naming_the_option_before_any_run_exi
     assert not (in_tmp / "lightning_logs").exists()
 
 
+def one_line_error(exit_: pytest.ExceptionInfo) -> str:
+    message = str(exit_.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
+def test_evaluating_without_a_checkpoint_stops_with_one_line_before_a_run_exists(in_tmp, data_dir, subcommand):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(subcommand, data_dir=data_dir)
+    assert f"`{subcommand}` evaluates a trained model: pass --ckpt_path" in one_line_error(exit_)
+    assert "--ckpt_path last" in one_line_error(exit_)
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+# Options the Trainer itself refuses, as a user would mistype them on a CPU-only machine; the error
+# must name the option (even beside valid ones) and say what to do.
+NO_SUCH_ACCELERATOR = "mps" if torch.cuda.is_available() else "gpu"
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (["--trainer.max_epochs=-5"], "--trainer.max_epochs -5: `max_epochs` must be a non-negative integer"),
+        ([f"--trainer.accelerator={NO_SUCH_ACCELERATOR}", "--trainer.devices=1"], "--trainer.accelerator"),
+        (["--trainer.devices=0"], "--trainer.devices 0:"),
+        (["--trainer.accelerator=cpu", "--trainer.devices=[3]"], "--trainer.devices [3]:"),
+        (["--trainer.strategy=nope"], "--trainer.strategy nope: You selected an invalid strategy name"),
+        (["--trainer.num_nodes=0"], "--trainer.num_nodes 0:"),
+        (["--trainer.val_check_interval=-1"], "--trainer.val_check_interval -1:"),
+        (["--trainer.max_time=soon"], "--trainer.max_time soon:"),
+        (["--trainer.precision=17"], "--trainer.precision 17: not a value this option accepts"),
+    ],
+)
+def test_a_trainer_option_lightning_refuses_stops_with_one_line_naming_it(in_tmp, data_dir, options, named):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("fit", *options, data_dir=data_dir)
+    message = one_line_error(exit_)
+    assert message.startswith(f"error: {named}") and "fit --help" in message
+    assert "Change or drop it" in message or "not a value" in message
+    assert not (in_tmp / "lightning_logs").exists()
+
+
 def test_train_py_defaults_to_fit_and_prints_its_config():
     out = subprocess.run(
         [sys.executable, "train.py", "--print_config"], cwd=REPO, capture_output=True, text=True, check=True
@@ -196,17 +240,28 @@ def test_a_checkpoint_with_another_architecture_is_refused_before_a_run_exists(i
     assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == ["version_0"]
 
 
-def test_test_uses_the_data_the_checkpoint_was_trained_on(in_tmp, data_dir):
-    run_cli("fit", "--trainer.max_epochs", "1", "--data.binarize", "dynamic", data_dir=data_dir)
+def test_test_uses_the_checkpoints_data_options_unless_they_are_given(in_tmp, data_dir):
+    trained_on = ["--data.binarize", "dynamic", "--data.split_seed", "3"]
+    run_cli("fit", "--trainer.max_epochs", "1", *trained_on, data_dir=data_dir)
     ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
-    cli = run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "0", data_dir=data_dir)
-    assert cli.datamodule.binarize == "dynamic"
+    test = ["test", "--ckpt_path", ckpt, "--model.iw_samples", "0"]
+
+    cli = run_cli(*test, data_dir=data_dir)  # not given: the checkpoint's
+    assert (cli.datamodule.binarize, cli.datamodule.split_seed) == ("dynamic", 3)
     assert set(cli.datamodule.test_set.images.unique().tolist()) == {0, 255}
+
+    # given, even at their usual defaults, on the command line or in a config file: as given
+    cli = run_cli(*test, "--data.binarize", "none", data_dir=data_dir)
+    assert (cli.datamodule.binarize, cli.datamodule.split_seed) == ("none", 3)
+    assert len(cli.datamodule.test_set.images.unique()) > 2  # grey levels
+    (in_tmp / "data.yaml").write_text("data:\n  split_seed: 0\n")
+    cli = run_cli(*test, "--config", str(in_tmp / "data.yaml"), data_dir=data_dir)
+    assert (cli.datamodule.binarize, cli.datamodule.split_seed) == ("dynamic", 0)
 
 
 def test_an_unwritable_log_folder_is_reported_before_training(in_tmp, data_dir):
     (in_tmp / "lightning_logs").write_text("a file where the runs should go")
-    with pytest.raises(CheckpointError, match="cannot write runs under lightning_logs"):
+    with pytest.raises(CommandLineError, match="cannot write runs under lightning_logs"):
         run_cli("fit", data_dir=data_dir)
     assert (in_tmp / "lightning_logs").read_text() == "a file where the runs should go"
 

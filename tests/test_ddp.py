@@ -1,9 +1,12 @@
 """Distributed data-parallel training for real: the `ddp` strategy on 2 CPU processes (gloo).
 
-One scenario, run once for the module, drives the command line as a user would, in one working
-directory: a 2-process fit of 1 epoch that starts from an empty data folder, a 2-process resume
-with `--ckpt_path last` to epoch 2, and a 2-process `test`. What each command left behind (its
-`lightning_logs/` and every rank's record, see tests/ddp_train.py) is copied aside; the tests read it.
+The scenario, run once for the module, drives the command line as a user would. In one working
+directory, a 2-process fit of 2 epochs that starts from an empty data folder: the reference. In
+another, the same fit SIGKILLed (every process at once, one of them half-way through writing a
+checkpoint) in the middle of its second epoch, a 2-process resume with `--ckpt_path last`, and a
+2-process `test`. What each command left behind (its `lightning_logs/` and every rank's record,
+see tests/ddp_train.py) is copied aside; the tests read it. This is the fault test of DDP
+(tests/test_fault.py kills a single process at random moments).
 """
 
 import json
@@ -21,52 +24,63 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TEST_SIZE, TRAIN_SIZE
 from tests.ddp_train import posterior_mean_in_eval
 from vae.cli import VAECLI
+from vae.data import InMemoryMNIST
 from vae.model import VAE
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_SIZE = 65  # odd: the two ranks evaluate 33 and 32 images, i.e. 2 batches and 1
-TRAIN = TRAIN_SIZE - VAL_SIZE  # 575, odd: Lightning's DistributedSampler pads it to 2 x 288
+TRAIN = TRAIN_SIZE - VAL_SIZE  # 575, odd: the sampler pads it to 2 x 288
 STEPS_PER_EPOCH = 9  # 288 images per rank in batches of 32
+# last.ckpt every 4 steps; killed inside the write of step 16's, mid epoch 1, after a validation
+# (which leaves the ranks' random states apart): the resume starts from step 12
+SAVE_EVERY, KILLED_AT, LAST_SAVED = 4, 16, 12
 DATA = ["--data.val_size", str(VAL_SIZE), "--data.batch_size", "32"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
-COMMANDS = {
-    "fit": ["fit", "--trainer.max_epochs", "1", "--model.hidden_dim", "16", "--model.latent_dim", "4"],
-    "resume": ["fit", "--trainer.max_epochs", "2", "--ckpt_path", "last"],
+FIT = ["fit", "--trainer.max_epochs", "2", "--model.hidden_dim", "16", "--model.latent_dim", "4",
+       "--checkpoint.save_last_every_n_steps", str(SAVE_EVERY)]  # fmt: skip
+# (name, working directory, arguments, SIGKILL_IN_WRITE_AT_STEP), run in this order
+COMMANDS = [
+    ("reference", "uninterrupted", FIT, None),
+    ("killed", "interrupted", FIT, KILLED_AT),
+    ("resume", "interrupted", ["fit", "--trainer.max_epochs", "2", "--ckpt_path", "last"], None),
     # test/nll is off: importance sampling draws noise per image even here (see the metric test)
-    "test": ["test", "--ckpt_path", "last", "--model.iw_samples", "0"],
-}
+    ("test", "interrupted", ["test", "--ckpt_path", "last", "--model.iw_samples", "0"], None),
+]
 
 
-def run_ddp(cwd: Path, args: list[str]) -> None:
+def run_ddp(cwd: Path, args: list[str], kill_at_step: int | None = None) -> None:
     """`python train.py ARGS` with 2 ranks; Lightning's launcher starts rank 1 as a child of rank 0."""
     command = [sys.executable, str(REPO / "tests" / "ddp_train.py"), *args, *DATA, *QUIET, *DDP]
     if args[0] == "fit":
         command += ["--trainer.log_every_n_steps", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if kill_at_step is not None:
+        env["SIGKILL_IN_WRITE_AT_STEP"] = str(kill_at_step)
     with open(cwd / "log.txt", "a") as log:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True)  # fmt: skip
         try:
             returncode = process.wait(timeout=300)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)  # the launcher and the rank it started
             pytest.fail(f"{args} under DDP did not finish in 300 s: a collective that some rank never reached?")
-    assert returncode == 0, (cwd / "log.txt").read_text()[-4000:]
+    expected = 0 if kill_at_step is None else -signal.SIGKILL
+    assert returncode == expected, (cwd / "log.txt").read_text()[-4000:]
 
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """For each command of COMMANDS, run in turn: a folder with a copy of its logs and its ranks' records."""
-    cwd = tmp_path_factory.mktemp("ddp")
     after = {}
-    for name, args in COMMANDS.items():
-        run_ddp(cwd, args)
+    for name, folder, args, kill_at_step in COMMANDS:
+        cwd = after.get(folder) or tmp_path_factory.mktemp(folder)
+        after[folder] = cwd
+        run_ddp(cwd, args, kill_at_step)
         after[name] = tmp_path_factory.mktemp(f"after-{name}")
         shutil.copytree(cwd / "lightning_logs", after[name] / "lightning_logs")
         for record in cwd.glob("ddp-record-rank*.json"):
             shutil.move(record, after[name] / record.name)
-    after["cwd"] = cwd
     return after
 
 
@@ -98,64 +112,121 @@ def events(run: Path) -> dict[str, list[tuple[int, float | None]]]:
     return found
 
 
-def test_data_is_fetched_once_and_every_epoch_is_split_between_the_ranks(ddp):
-    rank0, rank1 = records(ddp["fit"])  # the fit started from an empty data folder
+def state(run: Path) -> dict:
+    return torch.load(run / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+
+
+def test_data_is_fetched_once_and_every_epoch_is_split_between_the_ranks_in_a_new_order(ddp):
+    rank0, rank1 = records(ddp["reference"])  # the fit started from an empty data folder
     assert sorted(rank0["fetched"]) == sorted(
         ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     )
     assert rank1["fetched"] == []  # rank 1 waited for rank 0's prepare_data, then read the files
 
-    # Training: Lightning wrapped the resumable sampler in a DistributedSampler (its
-    # DistributedSamplerWrapper); __getitems__ got each rank's shard. 575 images
-    # on 2 ranks: 288 each, so one image (the padding) is seen by both ranks, every other one by one.
-    assert samplers(ddp["fit"]) == {(TRAIN, "DistributedSamplerWrapper"), (VAL_SIZE, "UnrepeatedDistributedSampler")}
-    epochs = []
-    for after in ("fit", "resume"):
-        (batches0,), (batches1,) = passes(ddp[after], TRAIN)  # one pass over the training set per rank
+    # Training: the project's resumable sampler, not Lightning's wrapper around it, deals each rank
+    # its share. 575 images on 2 ranks: 288 each, so one image (the padding) is seen by both ranks.
+    assert samplers(ddp["reference"]) == {(TRAIN, "ResumableSampler"), (VAL_SIZE, "UnrepeatedDistributedSampler")}
+    epochs0, epochs1 = passes(ddp["reference"], TRAIN)
+    assert len(epochs0) == len(epochs1) == 2
+    for batches0, batches1 in zip(epochs0, epochs1, strict=True):
         assert [len(b) for b in batches0] == [len(b) for b in batches1] == [32] * STEPS_PER_EPOCH
         rank0, rank1 = sum(batches0, []), sum(batches1, [])
         assert len(rank0) == len(set(rank0)) == len(rank1) == len(set(rank1)) == 288
         assert set(rank0) | set(rank1) == set(range(TRAIN)) and len(set(rank0) & set(rank1)) == 1
-        epochs.append(rank0)
-    assert epochs[0] != epochs[1]  # the resumed epoch is shuffled afresh (the sampler's epoch was set)
+    # Each epoch is shuffled afresh within one run (Lightning's set_epoch reaches the sampler).
+    for epochs in (epochs0, epochs1):
+        assert sum(epochs[0], []) != sum(epochs[1], [])
+        assert sorted(sum(epochs[0], [])) != sorted(sum(epochs[1], []))  # not even the same share
 
     # Evaluation: every image exactly once over the ranks, none padded, on each pass (sanity check included).
-    for after, size in (("fit", VAL_SIZE), ("resume", VAL_SIZE), ("test", TEST_SIZE)):
+    for after, size in (("reference", VAL_SIZE), ("resume", VAL_SIZE), ("test", TEST_SIZE)):
         shards = passes(ddp[after], size)
         assert len(shards[0]) == len(shards[1]) >= 1
         for batches0, batches1 in zip(*shards, strict=True):
             assert sorted(sum(batches0 + batches1, [])) == list(range(size))
     # 33 images on rank 0, 32 on rank 1: ranks run different numbers of evaluation batches, safely
-    assert [[len(b) for b in batches] for batches in passes(ddp["fit"], VAL_SIZE)[0]] == [[32, 1], [32, 1]]
-    assert [[len(b) for b in batches] for batches in passes(ddp["fit"], VAL_SIZE)[1]] == [[32], [32]]
+    assert [[len(b) for b in batches] for batches in passes(ddp["reference"], VAL_SIZE)[0]] == [[32, 1]] * 3
+    assert [[len(b) for b in batches] for batches in passes(ddp["reference"], VAL_SIZE)[1]] == [[32]] * 3
     assert samplers(ddp["test"]) == {(TEST_SIZE, "UnrepeatedDistributedSampler")}
 
 
+def test_a_run_sigkilled_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_optimiser(ddp):
+    killed = state(ddp["killed"])
+    assert (killed["epoch"], killed["global_step"]) == (1, LAST_SAVED)  # the steps after it were lost
+    assert (ddp["killed"] / "lightning_logs/version_0/checkpoints/.last.ckpt.partial").is_file()  # died mid-write
+
+    # The resumed run served each rank the rest of the second epoch, as the reference did.
+    for reference, resumed in zip(passes(ddp["reference"], TRAIN), passes(ddp["resume"], TRAIN), strict=True):
+        assert resumed == [reference[1][LAST_SAVED - STEPS_PER_EPOCH :]]
+
+    a, b = state(ddp["reference"]), state(ddp["resume"])
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    opt_a, opt_b = a["optimizer_states"][0], b["optimizer_states"][0]
+    assert opt_a["state"].keys() == opt_b["state"].keys()
+    for index, moments in opt_a["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(value, opt_b["state"][index][name]), (index, name)
+
+
+def resume_on_one_process(ddp: dict[str, Path], run: str, cwd: Path, *args: str) -> list[int]:
+    """`fit --ckpt_path last` on 1 process, in a copy of `run`'s logs: the training images it was served."""
+    shutil.copytree(ddp[run] / "lightning_logs", cwd / "lightning_logs")
+    served: list[int] = []
+    getitems = InMemoryMNIST.__getitems__
+
+    def recording(self: InMemoryMNIST, indices: list[int]):
+        if len(self) == TRAIN:
+            served.extend(int(i) for i in indices)
+        return getitems(self, indices)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(InMemoryMNIST, "__getitems__", recording)
+        data = ["--data.data_dir", str(ddp["uninterrupted"] / "data"), "--trainer.accelerator", "cpu"]
+        VAECLI(args=["fit", "--ckpt_path", "last", "--trainer.devices", "1", *DATA, *QUIET, *data, *args])
+    return served
+
+
+def test_resuming_mid_epoch_on_another_number_of_processes_is_refused_and_changes_nothing(ddp, tmp_path):
+    with pytest.raises(SystemExit, match=r"middle of epoch 1 by a run on 2 process.*Resume it on 2") as exit_:
+        resume_on_one_process(ddp, "killed", tmp_path)
+    assert "\n" not in str(exit_.value.code)
+    assert sorted(p.name for p in (tmp_path / "lightning_logs/version_0").rglob("*")) == sorted(
+        p.name for p in (ddp["killed"] / "lightning_logs/version_0").rglob("*")
+    )
+
+
+def test_resuming_at_an_epochs_end_on_another_number_of_processes_says_so_and_sees_every_image(ddp, tmp_path):
+    with pytest.warns(UserWarning, match="Resuming a run trained on 2 process.* with 1: .* averages 1 process"):
+        served = resume_on_one_process(ddp, "reference", tmp_path, "--trainer.max_epochs", "3")
+    assert sorted(served) == list(range(TRAIN))  # the third epoch, whole, on one process
+    resumed = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 2 * STEPS_PER_EPOCH + 18  # 575 images in batches of 32 on one process
+
+
 def test_one_run_directory_checkpoints_and_images_written_once_and_resume_continues(ddp):
-    for after in ("fit", "resume", "test"):
+    for after in ("reference", "killed", "resume", "test"):
         assert [p.name for p in (ddp[after] / "lightning_logs").iterdir()] == ["version_0"]
 
-    fit_run, resumed_run = ddp["fit"] / "lightning_logs/version_0", ddp["resume"] / "lightning_logs/version_0"
-    assert sorted(p.name for p in (fit_run / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+    resumed_run = ddp["resume"] / "lightning_logs/version_0"
     names = sorted(p.name for p in (resumed_run / "checkpoints").iterdir())
     assert len(names) == 2 and names[0].startswith("best-epoch") and names[1] == "last.ckpt"
-    first = torch.load(fit_run / "checkpoints/last.ckpt", weights_only=True)
-    last = torch.load(resumed_run / "checkpoints/last.ckpt", weights_only=True)
-    assert (first["epoch"], first["global_step"]) == (0, STEPS_PER_EPOCH)
-    assert (last["epoch"], last["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
 
     # One event file per command, i.e. only rank 0 logs; the curves carry on across the resume.
-    assert len(list(fit_run.glob("events.out.tfevents.*"))) == 1
+    assert len(list((ddp["reference"] / "lightning_logs/version_0").glob("events.out.tfevents.*"))) == 1
     assert len(list(resumed_run.glob("events.out.tfevents.*"))) == 2
     logged = events(resumed_run)
-    assert [step for step, _ in logged["train/loss"]] == list(range(2 * STEPS_PER_EPOCH))
+    assert {step for step, _ in logged["train/loss"]} == set(range(2 * STEPS_PER_EPOCH))
     assert [step for step, _ in logged["val/loss"]] == [STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1]
     for tag in ("val/reconstructions", "samples/prior"):
         assert [step for step, _ in logged[tag]] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
 
     tested = ddp["test"] / "lightning_logs/version_0"
     assert (tested / "test_metrics.json").is_file() and (tested / "test_config.yaml").is_file()
-    assert "max_epochs: 2" in (tested / "config.yaml").read_text()  # the resumed fit's config, kept by test
+    assert "checkpoints/last.ckpt" in (tested / "config.yaml").read_text()  # the resumed fit's config, kept
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # no logger here: nothing to reload
@@ -169,12 +240,22 @@ def test_metrics_over_two_ranks_equal_one_process_on_the_same_weights(ddp, tmp_p
     """
     monkeypatch.setattr(VAE, "forward", posterior_mean_in_eval)
     monkeypatch.chdir(tmp_path)
-    one_process = [*DATA, *QUIET, "--data.data_dir", str(ddp["cwd"] / "data"), "--trainer.logger", "false",
-                   "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+    one_process = [
+        *DATA,
+        *QUIET,
+        "--data.data_dir",
+        str(ddp["uninterrupted"] / "data"),
+        "--trainer.logger",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+    ]
 
     # val/loss of the resumed fit's last epoch, computed by 2 ranks, for the weights in last.ckpt
     ckpt = ddp["resume"] / "lightning_logs/version_0/checkpoints/last.ckpt"
-    (_, two_ranks), = events(ddp["resume"] / "lightning_logs/version_0")["val/loss"][-1:]
+    ((_, two_ranks),) = events(ddp["resume"] / "lightning_logs/version_0")["val/loss"][-1:]
     cli = VAECLI(args=["validate", "--ckpt_path", str(ckpt), *one_process])
     assert cli.trainer.callback_metrics["val/loss"].item() == pytest.approx(two_ranks, rel=1e-6)
 

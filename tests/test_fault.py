@@ -1,6 +1,7 @@
 """Fault injection: real `python train.py` processes SIGKILLed at random moments, some in the middle
 of writing a checkpoint, then resumed with `--ckpt_path last`, must end with exactly the weights of
-a run that was never interrupted. Run alone with `python -m pytest -m fault`.
+a run that was never interrupted. Run alone with `python -m pytest -m fault`. The same under DDP,
+with every process SIGKILLed at once while one writes a checkpoint: tests/test_ddp.py.
 """
 
 import os
@@ -25,7 +26,7 @@ ARGS = [
     "--model.hidden_dim=512", "--data.val_size=64", "--data.batch_size=32",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.max_epochs=5",
     "--checkpoint.save_last_every_n_steps=4",
-]
+]  # fmt: skip
 
 
 def start(cwd: Path, *extra: str) -> subprocess.Popen:

@@ -18,7 +18,7 @@ from vae.module import TERMS, VAEModule
 
 def module_at_step(step: int, **hparams) -> VAEModule:
     module = VAEModule(hidden_dim=16, latent_dim=2, **hparams)
-    module._trainer = SimpleNamespace(global_step=step, num_training_batches=10)
+    module._trainer = SimpleNamespace(global_step=step, num_training_batches=10, accumulate_grad_batches=1)
     return module
 
 

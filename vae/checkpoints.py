@@ -32,7 +32,8 @@ PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 class RunCheckpoint(ModelCheckpoint):
     """Keeps the best epoch by validation loss, and `last.ckpt` to resume from: at each epoch's end
-    and every `save_last_every_n_steps` training steps (1000 steps: about 8 s of CPU work here).
+    and every `save_last_every_n_steps` optimiser steps (with gradient accumulation, a step is
+    `accumulate_grad_batches` batches, and it is saved once, after the batch that completes it).
 
     Lightning forgets which checkpoints it already wrote when the folder is spelled differently
     on resume (`./lightning_logs/...` vs `lightning_logs/...`), then keeps stale "best" files and
@@ -50,12 +51,17 @@ class RunCheckpoint(ModelCheckpoint):
         defaults |= {"filename": "best-epoch{epoch:03d}", "auto_insert_metric_name": False}
         super().__init__(**(defaults | kwargs))
         self.save_last_every_n_steps = save_last_every_n_steps
+        self._step_before_batch = 0
+
+    def on_train_batch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_start(trainer, *args, **kwargs)
+        self._step_before_batch = trainer.global_step
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
         """Also write `last.ckpt` every N steps, so a killed run loses at most N steps of work."""
         super().on_train_batch_end(trainer, *args, **kwargs)
-        n = self.save_last_every_n_steps
-        if n and trainer.global_step % n == 0 and not trainer.sanity_checking:
+        n, stepped = self.save_last_every_n_steps, trainer.global_step != self._step_before_batch
+        if n and stepped and trainer.global_step % n == 0 and not trainer.sanity_checking:
             # Lightning skips its end-of-epoch save when a save already happened at the same step,
             # which would drop the best-by-val/loss checkpoint; so this save leaves that marker alone.
             marker = self._last_global_step_saved
@@ -82,8 +88,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     Saving goes to a hidden temporary file in the same folder, is flushed to disk, then renamed
     over the old file (a rename within a folder is atomic), so `last.ckpt` is always the previous
-    complete checkpoint or the new complete one. (Lightning's own save stages the file in the
-    system temp folder, which is a copy, not a rename, when that is another file system.)
+    complete checkpoint or the new complete one. The folder is then flushed too: a rename is an
+    entry in the folder, and until the folder reaches the disk a power loss can undo it.
+    (Lightning's own save stages the file in the system temp folder, which is a copy, not a
+    rename, when that is another file system.)
     Loading always uses `weights_only=True`: a crafted pickle cannot execute anything.
     """
 
@@ -97,6 +105,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, path)
+            _fsync_folder(path.parent)
         except OSError as err:  # disk full, quota, permissions, a vanished folder
             raise CheckpointWriteError(
                 f"Could not write the checkpoint {path}: {err.strerror or err}. "
@@ -109,6 +118,17 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename just made in it) to disk; POSIX only: Windows cannot open a folder."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def find_last_checkpoint(logs_dir: Path) -> Path:
@@ -144,17 +164,11 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before training, not at the first checkpoint, if runs cannot be written under `folder`
-    (creating nothing: the nearest existing folder on its path must be a writable folder)."""
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-        raise CheckpointError(
-            f"cannot write runs under {folder}/: {existing} is not a writable folder; existing runs there are "
-            "untouched. Run from a writable directory, or choose another with --trainer.logger.init_args.save_dir PATH."
-        )
+def training_position(checkpoint: dict[str, Any]) -> dict[str, int] | None:
+    """Where in the training order a checkpoint stopped: its training loader's state (`vae.resumable`)."""
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+    states = fit_loop.get("combined_loader") or [None]
+    return states[0]
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

@@ -15,9 +15,14 @@ Lightning traps this file designs around:
 - With `--ckpt_path`, the checkpoint's saved hyperparameters override the command line, so
   `test --ckpt_path X --model.iw_samples 5000` would silently use the k the model was trained
   with. Here evaluation settings (`EVALUATION_SETTINGS`) keep the command line's value.
+- The data a checkpoint was trained on is not restored at all. Here the checkpoint's data options
+  (`DATA_OF_THE_RUN`) become the defaults, so that an option given (on the command line or in a
+  config file) wins, even at its usual default value, and one not given is the checkpoint's.
+
+Checks of the command line (`vae.cli_checks`) run before anything is built, so a mistake stops
+with one line and no run directory.
 """
 
-import inspect
 import sys
 from pathlib import Path
 
@@ -38,9 +43,17 @@ from vae.checkpoints import (
     CheckpointError,
     RunCheckpoint,
     check_checkpoint,
-    check_writable,
     find_last_checkpoint,
     run_dir_of,
+    training_position,
+)
+from vae.cli_checks import (
+    TRAINER_OPTION_ERRORS,
+    OneLineErrorParser,
+    check_processes,
+    check_writable,
+    require_checkpoint,
+    trainer_option_error,
 )
 from vae.console import quiet_console
 from vae.data import MNISTDataModule
@@ -53,7 +66,7 @@ PROGRESS_BAR_REFRESH_STEPS = 10
 # Model options that say how to evaluate or run, not what was trained: never taken from a checkpoint.
 EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
 # Model options that fix the shapes of the weights: a checkpoint cannot be loaded into others.
-ARCHITECTURE = ("arch", "hidden_dim", "latent_dim")
+WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim")
 # Data options that say what the model was trained and validated on: a checkpoint supplies them.
 DATA_OF_THE_RUN = ("binarize", "val_size", "split_seed")
 
@@ -73,6 +86,7 @@ class VAECLI(LightningCLI):
         super().__init__(
             VAEModule,
             MNISTDataModule,
+            parser_class=OneLineErrorParser,
             save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
@@ -106,7 +120,8 @@ class VAECLI(LightningCLI):
         parser.add_lightning_class_args(ImageGrids, "images")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        """After parsing, before anything is built: resolve and check `--ckpt_path`, pin the logger.
+        """After parsing, before anything is built: check the command line, resolve and check
+        `--ckpt_path`, take the checkpoint's data options unless given, pin the logger.
 
         Under DDP every process parses the command line itself (Lightning's `ddp` launcher reruns
         it; torchrun and srun start them all). On one machine they resolve `last` to the same file,
@@ -114,55 +129,72 @@ class VAECLI(LightningCLI):
         finished parsing; across machines only a consistently shared log folder guarantees that.
         """
         super().parse_arguments(parser, args)
-        self._evaluation_settings = {}
+        self._evaluation_settings, self._resumed = {}, None
         if not self.config.get("subcommand"):
             return
-        config = self.config[self.config.subcommand]
-        self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
+        subcommand = self.config.subcommand
+        config = self.config[subcommand]
+        require_checkpoint(subcommand, config.get("ckpt_path"))
         logger = config.trainer.logger
         logger_args = logger.init_args if hasattr(logger, "init_args") else None
         if config.get("ckpt_path") is not None:
-            self._resolve_checkpoint(config, logger_args)
+            checkpoint = self._find_checkpoint(config.ckpt_path, logger_args)
+            saved = check_checkpoint(checkpoint)
+            self._parse_with_the_checkpoints_defaults(parser, args, saved)
+            config = self.config[subcommand]
+            config.ckpt_path = str(checkpoint)
+            self._refuse_another_architecture(config, checkpoint, saved)
+            logger = config.trainer.logger
+            logger_args = logger.init_args if hasattr(logger, "init_args") else None
+            self._pin_logger(checkpoint, logger_args)
             if getattr(logger, "class_path", None) == "lightning.pytorch.loggers.CSVLogger":
                 logger.class_path = "vae.csv_logger.ContinuingCSVLogger"  # Lightning's would delete metrics.csv
-        elif self.config.subcommand == "predict":
-            raise CheckpointError("predict needs --ckpt_path: the checkpoint whose posteriors to compute.")
+            self._resumed = (checkpoint, training_position(saved)) if subcommand == "fit" else None
+        self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
         if logger_args is not None and "save_dir" in logger_args:
             check_writable(Path(logger_args.save_dir) / (logger_args.get("name") or ""))
 
-    def _resolve_checkpoint(self, config, logger_args) -> None:
-        """`last` -> a file; check the file; pin the logger to the checkpoint's own run directory."""
-        if config.ckpt_path == "last":
-            if logger_args is None:
-                raise CheckpointError("--ckpt_path last needs a logger to know where runs are; pass a .ckpt path.")
-            config.ckpt_path = str(find_last_checkpoint(Path(logger_args.save_dir) / (logger_args.name or "")))
-            print(f"Resuming from {config.ckpt_path}", file=sys.stderr)
-        checkpoint = Path(config.ckpt_path)
-        saved = check_checkpoint(checkpoint)
-        self._agree_with_checkpoint(config, checkpoint, saved)
+    @staticmethod
+    def _find_checkpoint(ckpt_path: str, logger_args) -> Path:
+        """`last` -> the newest run's `last.ckpt` under the logger's folder; a path stays itself."""
+        if ckpt_path != "last":
+            return Path(ckpt_path)
+        if logger_args is None:
+            raise CheckpointError("--ckpt_path last needs a logger to know where runs are; pass a .ckpt path.")
+        checkpoint = find_last_checkpoint(Path(logger_args.save_dir) / (logger_args.name or ""))
+        print(f"Resuming from {checkpoint}", file=sys.stderr)
+        return checkpoint
+
+    def _parse_with_the_checkpoints_defaults(self, parser: LightningArgumentParser, args, saved: dict) -> None:
+        """Parse again with the checkpoint's data options and architecture as the defaults: what
+        was given (on the command line or in a config file) keeps its value, even one equal to the
+        usual default; what was not is the checkpoint's."""
+        trained = saved.get("hyper_parameters", {})
+        data = saved.get("datamodule_hyper_parameters", {})
+        defaults = {f"model.{name}": trained[name] for name in WEIGHT_SHAPE_OPTIONS if name in trained}
+        defaults |= {f"data.{name}": data[name] for name in DATA_OF_THE_RUN if name in data}
+        if defaults:
+            self._parser(self.config.subcommand).set_defaults(defaults)
+            super().parse_arguments(parser, args)
+
+    @staticmethod
+    def _refuse_another_architecture(config, checkpoint: Path, saved: dict) -> None:
+        """The checkpoint's architecture is the default now, so another one was asked for explicitly."""
+        trained = saved.get("hyper_parameters", {})
+        for name in WEIGHT_SHAPE_OPTIONS:
+            if name in trained and config.model[name] != trained[name]:
+                raise CheckpointError(
+                    f"--ckpt_path {checkpoint} holds a model with {name}={trained[name]}, but --model.{name} "
+                    f"{config.model[name]} was given. A checkpoint's weights only fit its own architecture: drop "
+                    f"--model.{name} to use the checkpoint's, or start a new run without --ckpt_path."
+                )
+
+    @staticmethod
+    def _pin_logger(checkpoint: Path, logger_args) -> None:
+        """Log into the checkpoint's own run directory, not a new `version_N`."""
         run_dir = run_dir_of(checkpoint)
         if run_dir is not None and logger_args is not None and "version" in logger_args:
             logger_args.save_dir, logger_args.name, logger_args.version = str(run_dir.parent), "", run_dir.name
-
-    @staticmethod
-    def _agree_with_checkpoint(config, checkpoint: Path, saved: dict) -> None:
-        """An architecture the checkpoint does not have is an error; data options left at their
-        defaults become the run's own (so `test` sees the data the model was trained on)."""
-        model_defaults = inspect.signature(VAEModule).parameters
-        trained = saved.get("hyper_parameters", {})
-        for name in ARCHITECTURE:
-            asked = config.model[name]
-            if name in trained and asked not in (trained[name], model_defaults[name].default):
-                raise CheckpointError(
-                    f"--ckpt_path {checkpoint} holds a model with {name}={trained[name]}, but --model.{name} "
-                    f"{asked} was given. A checkpoint's weights only fit its own architecture: drop "
-                    f"--model.{name} to use the checkpoint's, or start a new run without --ckpt_path."
-                )
-        data_defaults = inspect.signature(MNISTDataModule).parameters
-        data = saved.get("datamodule_hyper_parameters", {})
-        for name in DATA_OF_THE_RUN:
-            if name in data and config.data[name] == data_defaults[name].default:
-                config.data[name] = data[name]
 
     def before_instantiate_classes(self) -> None:
         """Runs after LightningCLI applied the checkpoint's hyperparameters: put evaluation settings back;
@@ -180,6 +212,19 @@ class VAECLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as err:
             raise SystemExit(f"error: {err}") from None
+
+    def after_instantiate_classes(self) -> None:
+        """Once the Trainer knows its number of processes: may a resumed fit continue on it?"""
+        if self._resumed is not None:
+            check_processes(*self._resumed, self.trainer.world_size)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The Trainer's own checks of its options, as one line naming the option (`vae.cli_checks`)."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except TRAINER_OPTION_ERRORS as err:
+            options = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+            raise trainer_option_error(err, options, self.trainer_defaults) from None
 
 
 def main() -> None:

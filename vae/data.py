@@ -8,9 +8,9 @@ the uint8 batch travels to the device (4x fewer bytes than float). Either way it
 in [0, 1] only on the device, in `on_after_batch_transfer`.
 
 The loaders are ordinary `DataLoader`s over a map-style dataset. Under DDP every process holds its
-own copy in memory and reads only its shard of each epoch: for training, Lightning wraps the
-resumable shuffling sampler in a distributed one (and `__getitems__` receives that rank's
-indices); for evaluation, the loaders shard without repeating an image, so metrics are exact
+own copy in memory and reads only its shard of each epoch: for training, the resumable shuffling
+sampler deals each rank its share (and `__getitems__` receives that rank's indices); for
+evaluation, the loaders shard without repeating an image, so metrics are exact
 (see `_evaluation_loader`).
 
 `binarize` chooses what a pixel is (the literature reports numbers for each):
@@ -170,8 +170,10 @@ class MNISTDataModule(LightningDataModule):
         return (total / (255 * len(images))).float().unsqueeze(0)
 
     def train_dataloader(self) -> DataLoader:
-        # Shuffled by (run seed, epoch) and resumable mid-epoch: a resumed run sees the same batches.
-        sampler = ResumableSampler(len(self.train_set), seed=torch.initial_seed())
+        # Shuffled by (run seed, epoch), sharded over the DDP processes (if any) and resumable
+        # mid-epoch: a resumed run sees the same batches.
+        ranks = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        sampler = ResumableSampler(len(self.train_set), seed=torch.initial_seed(), **(ranks or {}))
         return ResumableDataLoader(self.train_set, sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
@@ -191,8 +193,8 @@ class MNISTDataModule(LightningDataModule):
         would repeat one). Here rank r of W reads images r, r + W, r + 2W, ...: shares differ by at
         most one image, and a rank may run one batch fewer. That is safe in evaluation, where
         nothing is synchronised per batch (no gradients, and the model has no buffers for DDP to
-        broadcast): the metrics sync once, at the end of the epoch. Training keeps Lightning's
-        padded sampler, because there every step all-reduces gradients across the ranks.
+        broadcast): the metrics sync once, at the end of the epoch. Training pads the shares to
+        equal length (`ResumableSampler`), because there every step all-reduces gradients across the ranks.
         """
         ranks = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         sampler = None if ranks is None else UnrepeatedDistributedSampler(dataset, shuffle=False, **ranks)

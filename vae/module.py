@@ -11,6 +11,7 @@ test ELBO comes from the same k samples as `test/nll` (its reconstruction term a
 its KL analytic), so `test/loss` does not move with the noise of a single draw.
 """
 
+import math
 from typing import Literal
 
 import torch
@@ -196,10 +197,12 @@ class VAEModule(LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
         loss, objective = self._loss_and_objective(x)
-        # Only on the steps the logger writes (every `log_every_n_steps`, as Lightning counts them):
-        # each `self.log` call costs Lightning bookkeeping that is a visible share of a step this small.
-        every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0:
+        # Only on the steps the logger writes (every `log_every_n_steps` optimiser steps, as Lightning
+        # counts them), once per step: each `self.log` call costs Lightning bookkeeping on the hot path.
+        # With gradient accumulation, the batch that completes the step is the one logged.
+        every, k = self.trainer.log_every_n_steps, self.trainer.accumulate_grad_batches
+        steps = (batch_idx + 1) % k == 0 or batch_idx + 1 == self.trainer.num_training_batches
+        if every and steps and (self.global_step + 1) % every == 0:
             self.log("train/loss", loss.mean(), prog_bar=True, batch_size=len(x))  # the true -ELBO
         return objective
 
@@ -223,11 +226,13 @@ class VAEModule(LightningModule):
         return loss, loss.mean() if weight == 1 else (recon + weight * kl).mean()
 
     def _kl_weight(self) -> float:
-        """beta, ramped up linearly over the first `kl_warmup_epochs` epochs (step by step)."""
+        """beta, ramped up linearly over the first `kl_warmup_epochs` epochs, optimiser step by optimiser step
+        (with gradient accumulation, the batches of one step share its weight)."""
         beta, warmup = self.hparams.beta, self.hparams.kl_warmup_epochs
         if not warmup:
             return beta
-        progress = (self.global_step + 1) / (warmup * self.trainer.num_training_batches)
+        steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+        progress = (self.global_step + 1) / (warmup * steps_per_epoch)
         return beta * min(1.0, progress)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
