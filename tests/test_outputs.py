@@ -134,7 +134,7 @@ def test_predict_writes_the_test_posteriors_and_labels_into_the_checkpoints_run(
     assert [p.name for p in (trained.root / "lightning_logs").iterdir()] == ["version_0"]
 
 
-@pytest.mark.parametrize("bad", ["missing", "not a checkpoint", "crafted", "bare state dict", "none"])
+@pytest.mark.parametrize("bad", ["missing", "not a checkpoint", "crafted", "bare state dict"])
 def test_predict_with_a_bad_checkpoint_says_so_in_one_line_and_writes_nothing(tmp_path, monkeypatch, data_dir, bad):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "model.ckpt"
@@ -144,9 +144,8 @@ def test_predict_with_a_bad_checkpoint_says_so_in_one_line_and_writes_nothing(tm
         torch.save({"state_dict": {}, "payload": CreatesAFileWhenUnpickled(tmp_path / "pwned")}, path)
     elif bad == "bare state dict":
         torch.save({"state_dict": VAEModule(hidden_dim=32, latent_dim=4).state_dict()}, path)
-    ckpt = [] if bad == "none" else ["--ckpt_path", str(path)]
     with pytest.raises(CheckpointError) as error:
-        run_cli("predict", *ckpt, data_dir=data_dir)
+        run_cli("predict", "--ckpt_path", str(path), data_dir=data_dir)
     assert str(error.value.code).startswith("error: ") and "\n" not in str(error.value.code)
     # no lightning_logs/, no predictions.pt, and the crafted pickle never ran
     assert {p.name for p in tmp_path.iterdir()} - {"model.ckpt"} == {"data"}
