@@ -1,13 +1,16 @@
 """Hermetic fixtures: small synthetic MNIST files in IDX format, and no network, ever."""
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from vae import mnist_files
+from vae.cli import VAECLI
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN_SIZE, TEST_SIZE = 640, 160
 
 
@@ -71,3 +74,37 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> None:
 @pytest.fixture
 def data_dir(tmp_path: Path, files: dict[str, bytes]) -> Path:
     return write_data_dir(tmp_path, files)
+
+
+def run_cli(*args: str, data_dir: Path) -> VAECLI:
+    """`python train.py ARGS` in-process, small and quiet, on the synthetic data."""
+    subcommand, *rest = args
+    fast = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"]
+    fast = [*fast, "--trainer.log_every_n_steps", "1"] if subcommand == "fit" else []
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    common = ["--data.data_dir", str(data_dir), "--data.val_size", "64", "--data.batch_size", "32"]
+    small = ["--model.hidden_dim", "32", "--model.latent_dim", "4"] if "--ckpt_path" not in rest else []
+    return VAECLI(args=[subcommand, *common, *small, *fast, *quiet, *rest])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes]) -> Path:
+    """A folder holding `data/` and one trained run, `lightning_logs/version_0`: `run_cli fit
+    --trainer.max_epochs 1` (hidden_dim 32, latent_dim 4, 3 steps), trained once for the tests that
+    only need *a* trained run. Read it; to resume, evaluate or break a run, use `copy_of_trained_run`."""
+    root = tmp_path_factory.mktemp("trained-run")
+    with pytest.MonkeyPatch.context() as patch:
+        make_hermetic(patch, files)
+        patch.chdir(root)
+        run_cli("fit", "--trainer.max_epochs", "1", data_dir=write_data_dir(root, files))
+    return root
+
+
+@pytest.fixture
+def copy_of_trained_run(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`trained_run`'s `lightning_logs/` copied into tmp_path, which becomes the working directory
+    (with `data/`, as `data_dir` makes it). Its checkpoints' saved folder is the original's, so a
+    resume in the copy does not reload which checkpoint was best (Lightning warns)."""
+    shutil.copytree(trained_run / "lightning_logs", tmp_path / "lightning_logs")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

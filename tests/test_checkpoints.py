@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cli import run_cli
+from tests.conftest import run_cli
 from vae.callbacks import NonFiniteLossError
 from vae.checkpoints import CheckpointError, CheckpointWriteError, SafeCheckpointIO
 from vae.cli import VAECLI
@@ -111,10 +111,11 @@ def test_the_rename_is_made_durable_by_flushing_the_folder_after_it(tmp_path, mo
     assert calls == [("fsync", "a file"), ("replace", path), ("fsync", path.parent)]
 
 
-def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(tmp_path, monkeypatch, data_dir):
-    monkeypatch.chdir(tmp_path)
-    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
-    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # a copy of a run, see copy_of_trained_run
+def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(
+    copy_of_trained_run, monkeypatch, data_dir
+):
+    last = copy_of_trained_run / "lightning_logs/version_0/checkpoints/last.ckpt"  # 1 epoch of 3 steps
     before = last.read_bytes()
 
     original = VAEModule.training_step

@@ -1,7 +1,8 @@
 """The command line as a user drives it: fit, resume, test, and the mistakes it must catch early."""
 
 import json
-import subprocess
+import runpy
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,8 +11,9 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.distributions import Normal, kl_divergence
 
-from tests.conftest import TEST_SIZE
+from tests.conftest import REPO, TEST_SIZE, make_hermetic, run_cli, write_data_dir
 from vae import mnist_files
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
@@ -19,19 +21,6 @@ from vae.cli import VAECLI
 from vae.cli_checks import CommandLineError
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, data_dir: Path) -> VAECLI:
-    """`python train.py ARGS` in-process, small and quiet, on the synthetic data."""
-    subcommand, *rest = args
-    fast = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"]
-    fast = [*fast, "--trainer.log_every_n_steps", "1"] if subcommand == "fit" else []
-    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-    common = ["--data.data_dir", str(data_dir), "--data.val_size", "64", "--data.batch_size", "32"]
-    small = ["--model.hidden_dim", "32", "--model.latent_dim", "4"] if "--ckpt_path" not in rest else []
-    return VAECLI(args=[subcommand, *common, *small, *fast, *quiet, *rest])
 
 
 @pytest.fixture
@@ -50,9 +39,9 @@ def events(run_dir: Path) -> tuple[set[str], set[str]]:
     return scalars, images
 
 
-def test_fit_makes_a_run_with_logs_images_config_and_checkpoints(in_tmp, data_dir):
-    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
-    run = in_tmp / "lightning_logs" / "version_0"
+def test_fit_makes_a_run_with_logs_images_config_and_checkpoints(trained_run):
+    assert [p.name for p in (trained_run / "lightning_logs").iterdir()] == ["version_0"]
+    run = trained_run / "lightning_logs" / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert [p.name for p in (run / "checkpoints").glob("best-*.ckpt")] == ["best-epoch000.ckpt"]
     assert "max_epochs: 1" in (run / "config.yaml").read_text()
@@ -91,35 +80,60 @@ def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):
     assert cli.model.hparams.hidden_dim == 32
 
 
-def test_resume_from_an_explicit_checkpoint_logs_into_its_run(in_tmp, data_dir):
-    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
-    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)  # version_1, the newest
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # a copy of a run, see copy_of_trained_run
+def test_resume_from_an_explicit_checkpoint_logs_into_its_run(copy_of_trained_run, data_dir):
+    in_tmp = copy_of_trained_run
+    shutil.copytree(in_tmp / "lightning_logs/version_0", in_tmp / "lightning_logs/version_1")  # the newest
     ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
     cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt), data_dir=data_dir)
     assert Path(cli.trainer.log_dir).resolve() == in_tmp / "lightning_logs" / "version_0"
     assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == ["version_0", "version_1"]
 
 
-def test_test_subcommand_writes_json_into_the_checkpoints_run(in_tmp, data_dir):
-    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_run, data_dir):
+    in_tmp = copy_of_trained_run
     ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
-    run_cli("test", "--ckpt_path", str(ckpt), data_dir=data_dir)
+    # batches of 48: 3 full ones and one of 16, so that a mean of batch means would be off
+    cli = run_cli("test", "--ckpt_path", str(ckpt), "--data.batch_size", "48", data_dir=data_dir)
     record = json.loads((in_tmp / "lightning_logs/version_0/test_metrics.json").read_text())
-    kl_per_dim = {f"test_kl_per_dim/z{u:02d}" for u in range(4)}
+    kl_per_dim = [f"test_kl_per_dim/z{u:02d}" for u in range(4)]
     terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/active_units"}
-    assert set(record["metrics"]) == terms | kl_per_dim
-    assert sum(record["metrics"][k] for k in kl_per_dim) == pytest.approx(record["metrics"]["test/kl"], rel=1e-4)
-    metrics = record["metrics"]
-    assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"], rel=1e-5)
+    assert set(record["metrics"]) == terms | set(kl_per_dim)
+    for name, value in record["metrics"].items():  # the numbers the printed table showed
+        assert value == cli.trainer.callback_metrics[name].item(), name
+    # The KL terms are deterministic: the checkpoint's posteriors of every test image, averaged over
+    # the images, per dimension and summed.
+    model = VAEModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).model.eval()
+    with torch.no_grad():
+        mu, logvar = model.encode(cli.datamodule.test_set.images.unsqueeze(1).float() / 255)
+    assert len(mu) == TEST_SIZE
+    kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(0)
+    assert [record["metrics"][name] for name in kl_per_dim] == pytest.approx(kl.tolist(), rel=1e-5)
+    assert record["metrics"]["test/kl"] == pytest.approx(kl.sum().item(), rel=1e-5)
     assert record["ckpt_path"] == str(ckpt)
     assert (in_tmp / "lightning_logs/version_0/config.yaml").is_file()  # the fit config is not overwritten
     assert (in_tmp / "lightning_logs/version_0/test_config.yaml").is_file()
     assert not (in_tmp / "lightning_logs/version_1").exists()
 
 
-def test_test_nll_uses_the_command_lines_k_and_is_below_the_negative_elbo(in_tmp, data_dir, caplog):
+# the data options and k of a run that `test` must not silently take from the checkpoint
+BINARY_RUN = ["--model.iw_samples", "3", "--data.binarize", "dynamic", "--data.split_seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory, files) -> Path:
+    """A 1-epoch fit with BINARY_RUN's options, trained once for this file: its `lightning_logs/`."""
+    root = tmp_path_factory.mktemp("binary-run")
+    with pytest.MonkeyPatch.context() as patch:
+        make_hermetic(patch, files)
+        patch.chdir(root)
+        run_cli("fit", "--trainer.max_epochs", "1", *BINARY_RUN, data_dir=write_data_dir(root, files))
+    return root / "lightning_logs"
+
+
+def test_test_nll_uses_the_command_lines_k_and_is_below_the_negative_elbo(in_tmp, data_dir, binary_run, caplog):
     binary = ["--data.binarize", "dynamic"]  # so that test/nll is a likelihood of binary images
-    run_cli("fit", "--trainer.max_epochs", "1", "--model.iw_samples", "3", *binary, data_dir=data_dir)
+    shutil.copytree(binary_run, in_tmp / "lightning_logs")  # trained with k = 3
     ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
     json_path = in_tmp / "lightning_logs/version_0/test_metrics.json"
 
@@ -141,11 +155,10 @@ def test_resume_last_with_no_runs_fails_loudly_and_creates_nothing(in_tmp, data_
 
 
 @pytest.mark.parametrize("content", [None, b"not a checkpoint", "truncated"])
-def test_bad_ckpt_path_is_reported_before_a_run_directory_exists(in_tmp, data_dir, content):
+def test_bad_ckpt_path_is_reported_before_a_run_directory_exists(in_tmp, data_dir, trained_run, content):
     path = in_tmp / "model.ckpt"
     if content == "truncated":
-        run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
-        good = (in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt").read_bytes()
+        good = (trained_run / "lightning_logs/version_0/checkpoints/last.ckpt").read_bytes()
         path.write_bytes(good[: len(good) // 2])
     elif content is not None:
         path.write_bytes(content)
@@ -211,16 +224,24 @@ def test_a_trainer_option_lightning_refuses_stops_with_one_line_naming_it(in_tmp
     assert not (in_tmp / "lightning_logs").exists()
 
 
-def test_train_py_defaults_to_fit_and_prints_its_config():
-    out = subprocess.run(
-        [sys.executable, "train.py", "--print_config"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout
+def run_train_py(monkeypatch, capsys, *args: str) -> str:
+    """`python train.py ARGS`, run as the script it is (`__main__`) in this interpreter: what it printed."""
+    monkeypatch.setattr(sys, "argv", ["train.py", *args])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    assert exit_.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_train_py_defaults_to_fit_and_prints_its_config(in_tmp, monkeypatch, capsys):
+    out = run_train_py(monkeypatch, capsys, "--print_config")
     assert "max_epochs: 30" in out and "hidden_dim: 512" in out and "latent_dim: 20" in out
     assert "TensorBoardLogger" in out and "batch_size: 128" in out
+    assert not list(in_tmp.iterdir())  # printing the config trains nothing
 
 
-def test_train_py_help_lists_the_subcommands():
-    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True).stdout
+def test_train_py_help_lists_the_subcommands(in_tmp, monkeypatch, capsys):
+    out = run_train_py(monkeypatch, capsys, "--help")
     assert all(name in out for name in ("fit", "validate", "test", "predict"))
 
 
@@ -232,17 +253,16 @@ def test_every_shipped_config_parses(config, capsys):
     assert "hidden_dim" in capsys.readouterr().out
 
 
-def test_a_checkpoint_with_another_architecture_is_refused_before_a_run_exists(in_tmp, data_dir):
-    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)  # hidden_dim 32
-    ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
+def test_a_checkpoint_with_another_architecture_is_refused_before_a_run_exists(copy_of_trained_run, data_dir):
+    in_tmp = copy_of_trained_run
+    ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")  # hidden_dim 32
     with pytest.raises(CheckpointError, match="hidden_dim=32, but --model.hidden_dim 64 was given"):
         run_cli("test", "--ckpt_path", ckpt, "--model.hidden_dim", "64", data_dir=data_dir)
     assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == ["version_0"]
 
 
-def test_test_uses_the_checkpoints_data_options_unless_they_are_given(in_tmp, data_dir):
-    trained_on = ["--data.binarize", "dynamic", "--data.split_seed", "3"]
-    run_cli("fit", "--trainer.max_epochs", "1", *trained_on, data_dir=data_dir)
+def test_test_uses_the_checkpoints_data_options_unless_they_are_given(in_tmp, data_dir, binary_run):
+    shutil.copytree(binary_run, in_tmp / "lightning_logs")  # trained on --data.binarize dynamic --data.split_seed 3
     ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
     test = ["test", "--ckpt_path", ckpt, "--model.iw_samples", "0"]
 

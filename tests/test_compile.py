@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from tests.test_cli import run_cli
+from tests.conftest import run_cli
 from vae.module import VAEModule
 
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import export
-from tests.conftest import make_hermetic, write_data_dir
+from tests.conftest import make_hermetic, run_cli, write_data_dir
 from tests.test_checkpoints import CreatesAFileWhenUnpickled
-from tests.test_cli import run_cli
 from vae.checkpoints import CheckpointError
 from vae.module import VAEModule
 

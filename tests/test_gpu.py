@@ -20,8 +20,7 @@ import torch
 from lightning.pytorch import Callback
 
 import sample
-from tests.conftest import make_hermetic, write_data_dir
-from tests.test_cli import run_cli
+from tests.conftest import make_hermetic, run_cli, write_data_dir
 from tests.test_data import is_binary
 from tests.test_resume_exact import final_state, train
 from vae.callbacks import NonFiniteLossError, StopOnNonFiniteLoss

@@ -17,9 +17,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torchvision.io import read_image
 
-from tests.conftest import TEST_SIZE, make_hermetic, synthetic_mnist, write_data_dir
+from tests.conftest import REPO, TEST_SIZE, make_hermetic, run_cli, synthetic_mnist, write_data_dir
 from tests.test_checkpoints import CreatesAFileWhenUnpickled
-from tests.test_cli import REPO, run_cli
 from vae.checkpoints import CheckpointError
 from vae.module import VAEModule
 

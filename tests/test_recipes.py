@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bench.recipe_table import table
-from tests.conftest import synthetic_mnist
-from tests.test_cli import run_cli
+from tests.conftest import run_cli, synthetic_mnist
 from vae.elbo import negative_elbo
 from vae.model import VAE, ResidualBlock
 from vae.module import TERMS, VAEModule
@@ -58,15 +58,28 @@ def test_conv_model_trains_tests_and_keeps_its_architecture_on_resume(tmp_path, 
     assert cli.model.hparams.arch == "conv" and cli.trainer.global_step == 6
 
 
-def test_early_stopping_on_val_loss_is_an_option(tmp_path, monkeypatch, data_dir):
+def test_early_stopping_as_the_docs_give_it_watches_each_epochs_val_loss_beside_the_runs_own_callbacks(
+    tmp_path, monkeypatch, data_dir
+):
+    """docs/training.md's `--trainer.callbacks+=EarlyStopping --trainer.callbacks.monitor val/loss`: the
+    callback is handed this project's val/loss, the value logged for each epoch, and the run keeps
+    its own callbacks (last and best checkpoints, pictures) beside the one added."""
     monkeypatch.chdir(tmp_path)
-    stop = [
-        "--trainer.callbacks+=EarlyStopping",
-        "--trainer.callbacks.monitor=val/loss",
-        "--trainer.callbacks.stopping_threshold=1e9",
-    ]  # below any threshold: stop after the first check
+    stop = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/loss"]
+    stop += ["--trainer.callbacks.patience", "1", "--trainer.callbacks.min_delta", "1e9"]  # no epoch beats the first
     cli = run_cli("fit", "--trainer.max_epochs", "5", *stop, data_dir=data_dir)
-    assert cli.trainer.current_epoch == 1 and cli.trainer.should_stop
+    assert cli.trainer.current_epoch == 2 and cli.trainer.should_stop  # stopped after the second epoch
+
+    run = tmp_path / "lightning_logs/version_0"
+    (events,) = run.glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    val_loss = [event.value for event in accumulator.Scalars("val/loss")]
+    assert len(val_loss) == 2
+    assert cli.trainer.early_stopping_callback.best_score.item() == pytest.approx(val_loss[0], rel=1e-6)
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
+    assert len(list((run / "checkpoints").glob("best-epoch*.ckpt"))) == 1
+    assert {p.name for p in (run / "images").iterdir()} >= {"prior-epoch000.png", "prior-epoch001.png"}
 
 
 def quiet(module: VAEModule, monkeypatch) -> dict:

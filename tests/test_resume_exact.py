@@ -4,8 +4,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from tests.conftest import make_hermetic, write_data_dir
-from tests.test_cli import run_cli
+from tests.conftest import make_hermetic, run_cli, write_data_dir
 
 
 class CrashAtStep(Callback):

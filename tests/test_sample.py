@@ -1,4 +1,4 @@
-"""sample.py on a checkpoint from a tiny fit, and the picture functions it shares with ImageGrids."""
+"""sample.py on checkpoints of tiny fits, and the picture functions it shares with ImageGrids."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import torch
 from torchvision.io import read_image
 
 import sample
-from tests.test_cli import run_cli
+from tests.conftest import run_cli
 from vae.model import VAE
 from vae.module import VAEModule
 from vae.pictures import interpolation_grid, latent_scatter, manifold_grid, reconstruction_grid
@@ -18,19 +18,14 @@ def grid_size(rows: int, cols: int) -> tuple[int, int]:
     return 30 * rows + 2, 30 * cols + 2
 
 
-def fit_tiny(tmp_path: Path, data_dir: Path, latent_dim: int) -> Path:
-    run_cli("fit", "--trainer.max_epochs", "1", "--model.latent_dim", str(latent_dim), data_dir=data_dir)
-    return tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
-
-
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def test_sample_py_writes_the_grids_into_the_checkpoints_run(in_tmp, data_dir):
-    ckpt = fit_tiny(in_tmp, data_dir, latent_dim=4)
+def test_sample_py_writes_the_grids_into_the_checkpoints_run(copy_of_trained_run, data_dir):
+    ckpt = copy_of_trained_run / "lightning_logs/version_0/checkpoints/last.ckpt"  # latent_dim 4
     out = sample.main(["--ckpt_path", str(ckpt), "--data_dir", str(data_dir), "--n", "16"])
     assert out == ckpt.parent.parent / "samples"
     names = ("prior", "reconstructions", "interpolations")
@@ -44,20 +39,33 @@ def test_sample_py_writes_the_grids_into_the_checkpoints_run(in_tmp, data_dir):
 
 
 def test_sample_py_draws_the_manifold_and_scatter_of_a_2d_latent_space(in_tmp, data_dir):
-    ckpt = fit_tiny(in_tmp, data_dir, latent_dim=2)
+    run_cli("fit", "--trainer.max_epochs", "1", "--model.latent_dim", "2", data_dir=data_dir)
+    ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
     out = sample.main(["--ckpt_path", str(ckpt), "--data_dir", str(data_dir), "--n", "8", "--out", "pics"])
     assert out == Path("pics")
     assert read_image(str(out / "manifold.png")).shape == (3, *grid_size(20, 20))
     assert read_image(str(out / "latent_scatter.png")).shape == (3, 560, 560 + 56)
 
 
-def test_module_api_sample_and_reconstruct():
+def test_module_api_sample_and_reconstruct(monkeypatch):
     module = VAEModule(hidden_dim=16, latent_dim=3)
     samples = module.sample(5, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (5, 1, 28, 28)
     torch.testing.assert_close(samples, module.sample(5, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(samples, module.sample(5, generator=torch.Generator().manual_seed(1)))
+
+    # reconstruct: pixel means, noise-free, i.e. what a training pass gives when its draw's noise is 0
     x = torch.rand(4, 1, 28, 28)
-    torch.testing.assert_close(module.reconstruct(x), torch.sigmoid(module.model.decode(module.model.encode(x)[0])))
+    torch.manual_seed(0)
+    first = module.reconstruct(x)
+    torch.manual_seed(1)
+    assert torch.equal(module.reconstruct(x), first)  # no random state involved
+    assert first.shape == x.shape and ((first > 0) & (first < 1)).all()
+    noisy_logits, _, _ = module(x)
+    assert not torch.allclose(noisy_logits.sigmoid(), first)  # a training pass does draw noise
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    logits, _, _ = module(x)
+    torch.testing.assert_close(first, logits.sigmoid())
 
 
 def test_reconstruction_grid_keeps_inputs_above_their_reconstructions_in_a_short_last_row():
