@@ -1,14 +1,24 @@
-"""Hermetic fixtures: small synthetic MNIST files in IDX format, and no network, ever."""
+"""Hermetic fixtures: small synthetic MNIST files in IDX format, and no network, ever.
+
+torch and the project are imported where they are used: pytest-xdist's controller process loads this
+file too, and runs no test.
+"""
+
+from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from vae import mnist_files
-from vae.cli import VAECLI
+if TYPE_CHECKING:
+    import torch
+
+    from vae.cli import VAECLI
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SIZE, TEST_SIZE = 640, 160
@@ -22,6 +32,8 @@ def idx_bytes(tensor: torch.Tensor) -> bytes:
 
 def synthetic_mnist(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Blurry bars whose position depends on the label: learnable, so a loss can visibly fall."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
     images = torch.zeros(n, 28, 28)
@@ -49,6 +61,8 @@ def files() -> dict[str, bytes]:
 
 def make_hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> None:
     """The synthetic files are the ones whose checksums count; any attempt to fetch fails the test."""
+    from vae import mnist_files
+
     monkeypatch.setattr(mnist_files, "MD5", {n: hashlib.md5(b).hexdigest() for n, b in files.items()})
 
     def no_network(names, dest):
@@ -59,6 +73,8 @@ def make_hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> N
 
 def write_data_dir(root: Path, files: dict[str, bytes]) -> Path:
     """A data folder with the four synthetic files in torchvision's layout."""
+    from vae import mnist_files
+
     raw = mnist_files.raw_dir(root / "data")
     raw.mkdir(parents=True)
     for name, content in files.items():
@@ -78,6 +94,8 @@ def data_dir(tmp_path: Path, files: dict[str, bytes]) -> Path:
 
 def run_cli(*args: str, data_dir: Path) -> VAECLI:
     """`python train.py ARGS` in-process, small and quiet, on the synthetic data."""
+    from vae.cli import VAECLI
+
     subcommand, *rest = args
     fast = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"]
     fast = [*fast, "--trainer.log_every_n_steps", "1"] if subcommand == "fit" else []
@@ -108,3 +126,60 @@ def copy_of_trained_run(trained_run: Path, tmp_path: Path, monkeypatch: pytest.M
     shutil.copytree(trained_run / "lightning_logs", tmp_path / "lightning_logs")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# `python train.py` on the synthetic data in a fresh interpreter, as tests/test_fault.py kills and
+# resumes it: big enough that a checkpoint write takes a few milliseconds (so a kill can land inside
+# one), small enough that the fit takes seconds.
+SCRIPT = REPO / "tests" / "train_synthetic.py"
+SCRIPT_ARGS = [
+    "--model.hidden_dim=512", "--data.val_size=64", "--data.batch_size=32",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.max_epochs=5",
+    "--checkpoint.save_last_every_n_steps=4",
+]  # fmt: skip
+
+
+class ScriptFit:
+    """`python tests/train_synthetic.py SCRIPT_ARGS` in `cwd`, started at once and left to run."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self._console = open(cwd / "console.txt", "w")  # a file, not a pipe: nothing to drain while it runs
+        command = [sys.executable, str(SCRIPT), *SCRIPT_ARGS]
+        self._process = subprocess.Popen(command, cwd=cwd, stdout=self._console, stderr=subprocess.STDOUT)
+
+    def finished(self) -> str:
+        """Waits for the run to end (it must succeed): everything it printed."""
+        if self._process.returncode is None:
+            self._process.wait(timeout=300)
+            self._console.close()
+        console = (self.cwd / "console.txt").read_text()
+        assert self._process.returncode == 0, console[-3000:]
+        return console
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._console.close()
+
+
+@pytest.fixture(scope="session")
+def script_fit(tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes]):
+    """One real `python train.py fit` (SCRIPT_ARGS) per session, in a fresh interpreter: the
+    uninterrupted reference of tests/test_fault.py's kills, and the console a user sees (both tests
+    in that file, so that one pytest-xdist worker runs it). It starts when first asked for and runs
+    beside the test that asked; `script_fit.finished()` waits for it."""
+    cwd = tmp_path_factory.mktemp("script-fit")
+    write_data_dir(cwd, files)
+    run = ScriptFit(cwd)
+    yield run
+    run.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-xdist (`-n 2 --dist loadfile`, pyproject.toml) gives a worker whole files, in this
+    order: the files that launch processes first, so that they start at once and the many short
+    tests fill the other worker around them."""
+    first = ("test_ddp.py", "test_fault.py")
+    items.sort(key=lambda item: item.path.name not in first)

@@ -3,10 +3,11 @@
 The scenario, run once for the module, drives the command line as a user would. In one working
 directory, a 2-process fit of 2 epochs that starts from an empty data folder: the reference. In
 another, the same fit SIGKILLed (every process at once, one of them half-way through writing a
-checkpoint) in the middle of its second epoch, a 2-process resume with `--ckpt_path last`, and a
-2-process `test`. What each command left behind (its `lightning_logs/` and every rank's record,
-see tests/ddp_train.py) is copied aside; the tests read it. This is the fault test of DDP
-(tests/test_fault.py kills a single process at random moments).
+checkpoint) in the middle of its second epoch, a 2-process resume with `--ckpt_path last`, a
+2-process `test` and a 2-process `predict`. What each command left behind (its `lightning_logs/`
+and every rank's record, see tests/ddp_train.py) is copied aside; the tests read it. This is the
+fault test of DDP (tests/test_fault.py kills a single process at random moments), and the only
+file that launches DDP processes (see `xdist_group` in conftest.py).
 """
 
 import json
@@ -39,17 +40,18 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 FIT = ["fit", "--trainer.max_epochs", "2", "--model.hidden_dim", "16", "--model.latent_dim", "4",
        "--checkpoint.save_last_every_n_steps", str(SAVE_EVERY)]  # fmt: skip
-# (name, working directory, arguments, SIGKILL_IN_WRITE_AT_STEP), run in this order
+# (name, working directory, arguments, SIGKILL_IN_WRITE_AT_STEP), run in this order (the first two at once)
 COMMANDS = [
     ("reference", "uninterrupted", FIT, None),
     ("killed", "interrupted", FIT, KILLED_AT),
     ("resume", "interrupted", ["fit", "--trainer.max_epochs", "2", "--ckpt_path", "last"], None),
     # test/nll is off: importance sampling draws noise per image even here (see the metric test)
     ("test", "interrupted", ["test", "--ckpt_path", "last", "--model.iw_samples", "0"], None),
+    ("predict", "interrupted", ["predict", "--ckpt_path", "last"], None),
 ]
 
 
-def run_ddp(cwd: Path, args: list[str], kill_at_step: int | None = None) -> None:
+def start_ddp(cwd: Path, args: list[str], kill_at_step: int | None = None) -> subprocess.Popen:
     """`python train.py ARGS` with 2 ranks; Lightning's launcher starts rank 1 as a child of rank 0."""
     command = [sys.executable, str(REPO / "tests" / "ddp_train.py"), *args, *DATA, *QUIET, *DDP]
     if args[0] == "fit":
@@ -58,29 +60,35 @@ def run_ddp(cwd: Path, args: list[str], kill_at_step: int | None = None) -> None
     if kill_at_step is not None:
         env["SIGKILL_IN_WRITE_AT_STEP"] = str(kill_at_step)
     with open(cwd / "log.txt", "a") as log:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-        try:
-            returncode = process.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the launcher and the rank it started
-            pytest.fail(f"{args} under DDP did not finish in 300 s: a collective that some rank never reached?")
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+def wait_ddp(process: subprocess.Popen, cwd: Path, args: list[str], kill_at_step: int | None) -> None:
+    try:
+        returncode = process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and the rank it started
+        pytest.fail(f"{args} under DDP did not finish in 300 s: a collective that some rank never reached?")
     expected = 0 if kill_at_step is None else -signal.SIGKILL
     assert returncode == expected, (cwd / "log.txt").read_text()[-4000:]
 
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """For each command of COMMANDS, run in turn: a folder with a copy of its logs and its ranks' records."""
-    after = {}
-    for name, folder, args, kill_at_step in COMMANDS:
-        cwd = after.get(folder) or tmp_path_factory.mktemp(folder)
-        after[folder] = cwd
-        run_ddp(cwd, args, kill_at_step)
-        after[name] = tmp_path_factory.mktemp(f"after-{name}")
-        shutil.copytree(cwd / "lightning_logs", after[name] / "lightning_logs")
-        for record in cwd.glob("ddp-record-rank*.json"):
-            shutil.move(record, after[name] / record.name)
+    """For each command of COMMANDS, run in turn: a folder with a copy of its logs and its ranks'
+    records. The first two (the reference and the killed fit, in two folders) run at the same time."""
+    after = {folder: tmp_path_factory.mktemp(folder) for folder in ("uninterrupted", "interrupted")}
+    groups = [COMMANDS[:2], *([command] for command in COMMANDS[2:])]
+    for group in groups:
+        running = [(command, start_ddp(after[command[1]], command[2], command[3])) for command in group]
+        for (name, folder, args, kill_at_step), process in running:
+            cwd = after[folder]
+            wait_ddp(process, cwd, args, kill_at_step)
+            after[name] = tmp_path_factory.mktemp(f"after-{name}")
+            shutil.copytree(cwd / "lightning_logs", after[name] / "lightning_logs")
+            for record in cwd.glob("ddp-record-rank*.json"):
+                shutil.move(record, after[name] / record.name)
     return after
 
 
@@ -208,7 +216,7 @@ def test_resuming_at_an_epochs_end_on_another_number_of_processes_says_so_and_se
 
 
 def test_one_run_directory_checkpoints_and_images_written_once_and_resume_continues(ddp):
-    for after in ("reference", "killed", "resume", "test"):
+    for after in ("reference", "killed", "resume", "test", "predict"):
         assert [p.name for p in (ddp[after] / "lightning_logs").iterdir()] == ["version_0"]
 
     resumed_run = ddp["resume"] / "lightning_logs/version_0"
@@ -263,3 +271,23 @@ def test_metrics_over_two_ranks_equal_one_process_on_the_same_weights(ddp, tmp_p
     cli = VAECLI(args=["test", "--ckpt_path", str(ckpt), "--model.iw_samples", "0", *one_process])
     for name, value in record["metrics"].items():
         assert cli.trainer.callback_metrics[name].item() == pytest.approx(value, rel=1e-6), name
+
+
+def test_predict_writes_one_file_per_rank_that_together_are_the_single_process_file(ddp, tmp_path, monkeypatch):
+    """Two ranks each predict their share of the test set; concatenated and sorted by index, the
+    rows are what one process predicts from the same checkpoint (same weights, same images, no noise)."""
+    run = ddp["predict"] / "lightning_logs/version_0"
+    shares = [torch.load(run / f"predictions-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [len(share["index"]) for share in shares] == [TEST_SIZE // 2, TEST_SIZE // 2]
+    merged = {key: torch.cat([share[key] for share in shares]) for key in shares[0]}
+    order = merged["index"].argsort()
+    assert torch.equal(merged["index"][order], torch.arange(TEST_SIZE))
+    assert not (run / "predictions.pt").exists()
+
+    shutil.copytree(ddp["predict"] / "lightning_logs", tmp_path / "lightning_logs")
+    monkeypatch.chdir(tmp_path)
+    data = ["--data.data_dir", str(ddp["uninterrupted"] / "data"), "--trainer.accelerator", "cpu"]
+    VAECLI(args=["predict", "--ckpt_path", "last", "--trainer.devices", "1", *DATA, *QUIET, *data])
+    single = torch.load(tmp_path / "lightning_logs/version_0/predictions.pt", weights_only=True)
+    for key in ("mu", "logvar", "label"):
+        torch.testing.assert_close(merged[key][order], single[key])
