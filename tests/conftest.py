@@ -7,6 +7,7 @@ file too, and runs no test.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     import torch
 
     from vae.cli import VAECLI
+
+# One compute thread per process, set before torch is imported here or in a process a test starts:
+# two pytest-xdist workers (pyproject.toml) and the processes the tests launch share the cores, and
+# more threads than cores spin-wait against each other instead of computing.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SIZE, TEST_SIZE = 640, 160

@@ -40,15 +40,16 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 FIT = ["fit", "--trainer.max_epochs", "2", "--model.hidden_dim", "16", "--model.latent_dim", "4",
        "--checkpoint.save_last_every_n_steps", str(SAVE_EVERY)]  # fmt: skip
-# (name, working directory, arguments, SIGKILL_IN_WRITE_AT_STEP), run in this order (the first two at once)
+# (name, working directory, arguments, SIGKILL_IN_WRITE_AT_STEP), run in this order, AT_ONCE's at once
 COMMANDS = [
     ("reference", "uninterrupted", FIT, None),
     ("killed", "interrupted", FIT, KILLED_AT),
     ("resume", "interrupted", ["fit", "--trainer.max_epochs", "2", "--ckpt_path", "last"], None),
     # test/nll is off: importance sampling draws noise per image even here (see the metric test)
     ("test", "interrupted", ["test", "--ckpt_path", "last", "--model.iw_samples", "0"], None),
-    ("predict", "interrupted", ["predict", "--ckpt_path", "last"], None),
+    ("predict", "predicting", ["predict", "--ckpt_path", "last"], None),  # in a copy of "interrupted"
 ]
+AT_ONCE = [["reference", "killed"], ["resume"], ["test", "predict"]]  # commands that run at the same time
 
 
 def start_ddp(cwd: Path, args: list[str], kill_at_step: int | None = None) -> subprocess.Popen:
@@ -76,13 +77,22 @@ def wait_ddp(process: subprocess.Popen, cwd: Path, args: list[str], kill_at_step
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """For each command of COMMANDS, run in turn: a folder with a copy of its logs and its ranks'
-    records. The first two (the reference and the killed fit, in two folders) run at the same time."""
+    """For each command of COMMANDS, run in turn (independent ones at once, AT_ONCE): a folder with
+    a copy of its logs and its ranks' records. Also each working directory, by name."""
     after = {folder: tmp_path_factory.mktemp(folder) for folder in ("uninterrupted", "interrupted")}
-    groups = [COMMANDS[:2], *([command] for command in COMMANDS[2:])]
-    for group in groups:
-        running = [(command, start_ddp(after[command[1]], command[2], command[3])) for command in group]
-        for (name, folder, args, kill_at_step), process in running:
+    commands = {command[0]: command for command in COMMANDS}
+    assert [name for group in AT_ONCE for name in group] == list(commands)
+    for group in AT_ONCE:
+        running = []
+        for name in group:
+            _, folder, args, kill_at_step = commands[name]
+            if folder not in after:  # a copy of the interrupted run as it is now, data included
+                after[folder] = tmp_path_factory.mktemp(folder)
+                for part in ("lightning_logs", "data"):
+                    shutil.copytree(after["interrupted"] / part, after[folder] / part)
+            running.append((name, start_ddp(after[folder], args, kill_at_step)))
+        for name, process in running:
+            _, folder, args, kill_at_step = commands[name]
             cwd = after[folder]
             wait_ddp(process, cwd, args, kill_at_step)
             after[name] = tmp_path_factory.mktemp(f"after-{name}")
