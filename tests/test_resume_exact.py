@@ -18,6 +18,19 @@ class CrashAtStep(Callback):
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
+class CrashInValidation(Callback):
+    """Dies at the end of the validation that follows `step` optimiser steps, just before the epoch's
+    checkpoint is written (Lightning runs the checkpoint callbacks after the others): where a kill
+    during an epoch's validation leaves a run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            raise RuntimeError(f"simulated crash in the validation at step {self.step}")
+
+
 def train(tmp, monkeypatch, data_dir, *extra: str) -> None:
     tmp.mkdir(exist_ok=True)
     monkeypatch.chdir(tmp)
@@ -39,15 +52,31 @@ def uninterrupted(tmp_path_factory, files) -> dict:
     return final_state(tmp / "a")
 
 
-@pytest.mark.parametrize("crash_step", [7, 18, 23])  # mid epoch 1; the last step of epoch 1; mid epoch 2
-def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch, data_dir, uninterrupted, crash_step):
-
-    crash = "--trainer.callbacks+=tests.test_resume_exact.CrashAtStep"
+@pytest.mark.parametrize(
+    ("crash", "crash_step", "every_n", "resumed_from"),
+    [
+        ("CrashAtStep", 7, 5, 5),  # mid epoch 1
+        ("CrashAtStep", 18, 5, 15),  # the last step of epoch 1
+        ("CrashAtStep", 23, 5, 20),  # mid epoch 2
+        # the every-N save falls on epoch 1's last step, and the run dies in that epoch's validation
+        ("CrashInValidation", 18, 6, 12),
+    ],
+)
+def test_resume_after_a_crash_is_bit_identical(
+    tmp_path, monkeypatch, data_dir, uninterrupted, crash, crash_step, every_n, resumed_from
+):
+    callback = f"--trainer.callbacks+=tests.test_resume_exact.{crash}"
     # (the CLI imports this module under another name, so its classes are not ours: match the message)
-    with pytest.raises(RuntimeError, match=f"simulated crash at step {crash_step}"):
-        train(tmp_path / "b", monkeypatch, data_dir, crash, f"--trainer.callbacks.init_args.step={crash_step}")
+    with pytest.raises(RuntimeError, match=f"simulated crash .*at step {crash_step}"):
+        train(
+            tmp_path / "b",
+            monkeypatch,
+            data_dir,
+            callback,
+            f"--trainer.callbacks.init_args.step={crash_step}",
+            f"--checkpoint.save_last_every_n_steps={every_n}",
+        )
     interrupted = torch.load(tmp_path / "b/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
-    assert interrupted["global_step"] < crash_step  # the crash really lost work that had to be redone
     train(tmp_path / "b", monkeypatch, data_dir, "--ckpt_path", "last")
 
     a, b = uninterrupted, final_state(tmp_path / "b")
@@ -60,3 +89,20 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, monkeypatch, data_dir, 
     for index, state in opt_a["state"].items():
         for name, value in state.items():
             assert torch.equal(value, opt_b["state"][index][name]), (index, name)
+    assert interrupted["global_step"] == resumed_from  # the crash really lost work that had to be redone
+
+
+def test_a_save_due_on_an_epochs_last_step_is_made_at_the_epochs_end(tmp_path, monkeypatch, data_dir):
+    """Also in an epoch without validation, which has no end-of-epoch save of its own: a killed run
+    still loses at most N steps."""
+    crash = ("--trainer.callbacks+=tests.test_resume_exact.CrashAtStep", "--trainer.callbacks.init_args.step=20")
+    with pytest.raises(RuntimeError, match="simulated crash at step 20"):
+        train(
+            tmp_path,
+            monkeypatch,
+            data_dir,
+            *crash,
+            "--checkpoint.save_last_every_n_steps=6",
+            "--trainer.check_val_every_n_epoch=2",
+        )
+    assert final_state(tmp_path)["global_step"] == 18

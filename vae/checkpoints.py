@@ -52,21 +52,42 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(**(defaults | kwargs))
         self.save_last_every_n_steps = save_last_every_n_steps
         self._step_before_batch = 0
+        self._save_at_epoch_end = False  # the every-N save fell on the epoch's last step
 
     def on_train_batch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_start(trainer, *args, **kwargs)
         self._step_before_batch = trainer.global_step
 
-    def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
-        """Also write `last.ckpt` every N steps, so a killed run loses at most N steps of work."""
-        super().on_train_batch_end(trainer, *args, **kwargs)
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Also write `last.ckpt` every N steps, so a killed run loses at most N steps of work.
+
+        A step that ends the epoch's training is saved at the epoch's end instead, after its validation:
+        Lightning resumes a checkpoint written on an epoch's last batch as a finished epoch, so it would
+        skip that epoch's validation (its `val/loss`, its best checkpoint, the random numbers its
+        reparameterisation noise draws, hence every later step's noise) and its epoch-end hooks. A kill
+        during that validation then redoes at most N steps, as anywhere else.
+        """
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         n, stepped = self.save_last_every_n_steps, trainer.global_step != self._step_before_batch
         if n and stepped and trainer.global_step % n == 0 and not trainer.sanity_checking:
+            # (`is_last_batch` is the loader's end; `limit_train_batches` can end the epoch before it)
+            if trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches:
+                self._save_at_epoch_end = True
+                return
             # Lightning skips its end-of-epoch save when a save already happened at the same step,
             # which would drop the best-by-val/loss checkpoint; so this save leaves that marker alone.
             marker = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = marker
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        """The save put off from the epoch's last step, unless the epoch's own save (after its validation,
+        or here in a run without validation) already wrote this step: an epoch that
+        `check_val_every_n_epoch` leaves unvalidated has no save of its own."""
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._save_at_epoch_end and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._save_at_epoch_end = False
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("dirpath")
