@@ -60,6 +60,8 @@ def uninterrupted(tmp_path_factory, files) -> dict:
         ("CrashAtStep", 23, 5, 20),  # mid epoch 2
         # the every-N save falls on epoch 1's last step, and the run dies in that epoch's validation
         ("CrashInValidation", 18, 6, 12),
+        # ... or dies early in epoch 2: it resumes from epoch 1's own save, made after its validation
+        ("CrashAtStep", 21, 6, 18),
     ],
 )
 def test_resume_after_a_crash_is_bit_identical(

@@ -58,7 +58,7 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_batch_start(trainer, *args, **kwargs)
         self._step_before_batch = trainer.global_step
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
         """Also write `last.ckpt` every N steps, so a killed run loses at most N steps of work.
 
         A step that ends the epoch's training is saved at the epoch's end instead, after its validation:
@@ -67,11 +67,10 @@ class RunCheckpoint(ModelCheckpoint):
         reparameterisation noise draws, hence every later step's noise) and its epoch-end hooks. A kill
         during that validation then redoes at most N steps, as anywhere else.
         """
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        super().on_train_batch_end(trainer, *args, **kwargs)
         n, stepped = self.save_last_every_n_steps, trainer.global_step != self._step_before_batch
         if n and stepped and trainer.global_step % n == 0 and not trainer.sanity_checking:
-            # (`is_last_batch` is the loader's end; `limit_train_batches` can end the epoch before it)
-            if trainer.is_last_batch or batch_idx + 1 >= trainer.num_training_batches:
+            if trainer.is_last_batch:  # (the last of `limit_train_batches`, when that ends the epoch)
                 self._save_at_epoch_end = True
                 return
             # Lightning skips its end-of-epoch save when a save already happened at the same step,
