@@ -13,6 +13,8 @@ A torchmetrics `Metric`, so the sums behind both are added across devices under 
 import torch
 from torchmetrics import Metric
 
+from vae.elbo import gaussian_kl_per_dim
+
 ACTIVE_THRESHOLD = 0.01
 SUMS = ("sum_mu", "sum_mu2", "sum_kl")
 
@@ -40,7 +42,7 @@ class LatentUsage(Metric):
         mu, logvar = mu.float(), logvar.float()  # bf16 under bf16-mixed
         self._add("sum_mu", mu.sum(0))
         self._add("sum_mu2", mu.pow(2).sum(0))
-        self._add("sum_kl", 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(0))
+        self._add("sum_kl", gaussian_kl_per_dim(mu, logvar).sum(0))
         self.count += len(mu)
 
     def _add(self, name: str, value: torch.Tensor) -> None:

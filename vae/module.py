@@ -215,7 +215,7 @@ class VAEModule(LightningModule):
         weight, k = self._kl_weight(), self.hparams.train_iw_samples
         if k > 1:
             mu, logvar = self.model.encode(x)
-            z = mu + (0.5 * logvar).exp() * torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+            z = self.model.reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, B, latent)
             log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self.model.decode)
             objective = negative_iw_bound(log_px_z + weight * log_prior_ratio).mean()
             return -log_px_z.mean(0) + gaussian_kl(mu, logvar), objective
