@@ -111,8 +111,7 @@ class ImageGrids(Callback):
         pairs = min(self.n_interpolations, len(x) // 2)
         if pairs:
             grids["interpolations"] = interpolation_grid(model, x[:pairs], x[pairs : 2 * pairs])
-        z = torch.randn(self.n_samples, model.latent_dim, generator=torch.Generator().manual_seed(self.seed))
-        grids["prior"] = image_grid(torch.sigmoid(model.decode(z.to(pl_module.device))))
+        grids["prior"] = image_grid(model.sample(self.n_samples, generator=torch.Generator().manual_seed(self.seed)))
         return grids
 
     def _to_loggers(self, trainer: Trainer, kind: str, grid: torch.Tensor, path: Path) -> None:
