@@ -111,16 +111,24 @@ def run_cli(*args: str, data_dir: Path) -> VAECLI:
     return VAECLI(args=[subcommand, *common, *small, *fast, *quiet, *rest])
 
 
+def fit_in_a_new_folder(tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes], name: str, *args: str):
+    """`run_cli("fit", *args)` in a new folder holding the synthetic `data/`, hermetic, for the module-
+    and session-scoped fixtures that train once (they cannot use the per-test `monkeypatch`).
+    Returns (that folder, the CLI)."""
+    root = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as patch:
+        make_hermetic(patch, files)
+        patch.chdir(root)
+        cli = run_cli("fit", *args, data_dir=write_data_dir(root, files))
+    return root, cli
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, files: dict[str, bytes]) -> Path:
     """A folder holding `data/` and one trained run, `lightning_logs/version_0`: `run_cli fit
     --trainer.max_epochs 1` (hidden_dim 32, latent_dim 4, 3 steps), trained once for the tests that
     only need *a* trained run. Read it; to resume, evaluate or break a run, use `copy_of_trained_run`."""
-    root = tmp_path_factory.mktemp("trained-run")
-    with pytest.MonkeyPatch.context() as patch:
-        make_hermetic(patch, files)
-        patch.chdir(root)
-        run_cli("fit", "--trainer.max_epochs", "1", data_dir=write_data_dir(root, files))
+    root, _ = fit_in_a_new_folder(tmp_path_factory, files, "trained-run", "--trainer.max_epochs", "1")
     return root
 
 

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Normal, kl_divergence
 
-from tests.conftest import REPO, TEST_SIZE, make_hermetic, run_cli, write_data_dir
+from tests.conftest import REPO, TEST_SIZE, fit_in_a_new_folder, run_cli
 from vae import mnist_files
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
@@ -123,11 +123,7 @@ BINARY_RUN = ["--model.iw_samples", "3", "--data.binarize", "dynamic", "--data.s
 @pytest.fixture(scope="module")
 def binary_run(tmp_path_factory, files) -> Path:
     """A 1-epoch fit with BINARY_RUN's options, trained once for this file: its `lightning_logs/`."""
-    root = tmp_path_factory.mktemp("binary-run")
-    with pytest.MonkeyPatch.context() as patch:
-        make_hermetic(patch, files)
-        patch.chdir(root)
-        run_cli("fit", "--trainer.max_epochs", "1", *BINARY_RUN, data_dir=write_data_dir(root, files))
+    root, _ = fit_in_a_new_folder(tmp_path_factory, files, "binary-run", "--trainer.max_epochs", "1", *BINARY_RUN)
     return root / "lightning_logs"
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import export
-from tests.conftest import make_hermetic, run_cli, write_data_dir
+from tests.conftest import fit_in_a_new_folder
 from tests.test_checkpoints import CreatesAFileWhenUnpickled
 from vae.checkpoints import CheckpointError
 from vae.module import VAEModule
@@ -34,12 +34,9 @@ torch.save({"mu": mu, "logvar": logvar, "logits": decoder(z)}, "outputs.pt")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, files) -> Path:
     """A conv model (the MLP is the easier case for torch.export), trained once for this file."""
-    root = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as patch:
-        make_hermetic(patch, files)
-        patch.chdir(root)
-        data_dir = write_data_dir(root, files)
-        run_cli("fit", "--trainer.max_epochs", "1", "--model.arch", "conv", data_dir=data_dir)
+    root, _ = fit_in_a_new_folder(
+        tmp_path_factory, files, "trained", "--trainer.max_epochs", "1", "--model.arch", "conv"
+    )
     return root / "lightning_logs/version_0/checkpoints/last.ckpt"
 
 

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import Callback
 
 import sample
-from tests.conftest import make_hermetic, run_cli, write_data_dir
+from tests.conftest import fit_in_a_new_folder, run_cli
 from tests.test_data import is_binary
 from tests.test_resume_exact import final_state, train
 from vae.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
@@ -37,11 +37,7 @@ PROJECT_CODE = str(Path(__file__).resolve().parents[1] / "vae")
 @pytest.fixture(scope="module")
 def gpu_run(tmp_path_factory, files):
     """A tiny fit on the GPU, shared by the tests that only need a GPU-trained run: (the CLI, its last.ckpt)."""
-    tmp = tmp_path_factory.mktemp("gpu_run")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        make_hermetic(monkeypatch, files)
-        monkeypatch.chdir(tmp)
-        cli = run_cli("fit", "--trainer.max_epochs", "1", *GPU, data_dir=write_data_dir(tmp, files))
+    tmp, cli = fit_in_a_new_folder(tmp_path_factory, files, "gpu_run", "--trainer.max_epochs", "1", *GPU)
     return cli, tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
 
 
