@@ -13,8 +13,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks.model_summary import log as model_summary_log
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torchvision.utils import save_image
 
 from vae.pictures import image_grid, interpolation_grid, reconstruction_grid
@@ -35,7 +38,7 @@ def _tensorboard(trainer: Trainer):  # -> SummaryWriter | None
 
 def run_dir(trainer: Trainer) -> Path:
     """The run's own folder: the parent of its `checkpoints/`, i.e. `<save_dir>/<name>/<version>` for
-    every logger (for TensorBoard and CSV that is also `trainer.log_dir`; for MLflow and W&B it is not).
+    every logger (for TensorBoard and CSV that is also `trainer.log_dir`; for others, e.g. MLflow, it is not).
 
     Safe on rank 0 alone: unlike `trainer.log_dir`, it is no collective call (the checkpoint callback
     resolved its folder on every rank at setup).
@@ -49,8 +52,8 @@ def run_dir(trainer: Trainer) -> Path:
 
 class ImageGrids(Callback):
     """After every `every_n_epochs`-th validation epoch: reconstructions, interpolations and prior
-    samples (`vae.pictures`), as `<run dir>/images/<kind>-epochNNN.png` whatever the logger, and
-    through the logger's own image API where it has one (TensorBoard, MLflow, W&B).
+    samples (`vae.pictures`), as `<run dir>/images/<kind>-epochNNN.png` whatever the logger, and in
+    TensorBoard's IMAGES tab. (Other loggers get the files only: their image APIs are not tested here.)
 
     Reconstructions show the first validation images above their reconstructions; interpolations
     walk between pairs of them, from posterior mean to posterior mean. The samples decode the same
@@ -98,11 +101,13 @@ class ImageGrids(Callback):
         fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
         if not (fitting and due and trainer.is_global_zero and trainer.loggers) or inputs is None:
             return
+        writer = _tensorboard(trainer)
         for kind, grid in self.grids(pl_module, inputs).items():
             path = run_dir(trainer) / "images" / f"{kind}-epoch{trainer.current_epoch:03d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_image(grid, path)
-            self._to_loggers(trainer, kind, grid, path)
+            if writer is not None:
+                writer.add_image(self.TAGS[kind], grid, trainer.global_step)
 
     def grids(self, pl_module: LightningModule, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The pictures of one epoch by kind, from validation images x, as (3, H, W) tensors."""
@@ -114,15 +119,24 @@ class ImageGrids(Callback):
         grids["prior"] = image_grid(model.sample(self.n_samples, generator=torch.Generator().manual_seed(self.seed)))
         return grids
 
-    def _to_loggers(self, trainer: Trainer, kind: str, grid: torch.Tensor, path: Path) -> None:
-        step, tag = trainer.global_step, self.TAGS[kind]
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(tag, grid, step)
-            elif isinstance(logger, MLFlowLogger):
-                logger.experiment.log_artifact(logger.run_id, str(path), "images")
-            elif isinstance(logger, WandbLogger):
-                logger.log_image(tag, [str(path)], step=step)
+
+class SummaryWithoutFLOPs(ModelSummary):
+    """Lightning's model summary without its FLOPs column and "Total Flops" line, which would read 0.
+
+    Lightning counts FLOPs by passing the module's `example_input_array` through it, and this module
+    has none, on purpose: that pass would draw reparameterisation noise before training (so the same
+    seed would no longer give the same weights), and its input would have to be a batch of the data
+    module's format and image shape.
+    """
+
+    @staticmethod
+    def summarize(summary_data: list, total_parameters: int, trainable_parameters: int, model_size: float,
+                  total_training_modes: dict[str, int], total_flops: int, **summarize_kwargs) -> None:  # fmt: skip
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *columns
+        )
+        model_summary_log.info("\n" + table.rsplit("\n", 1)[0])  # the last line is "Total Flops"
 
 
 class LatentProjector(Callback):
@@ -191,33 +205,45 @@ class HParamsWithMetrics(Callback):
 
 
 class EvaluateAtCheckpointStep(Callback):
-    """`test`/`validate --ckpt_path X` log their scalars at X's training step, not at step 0.
+    """`test`/`validate --ckpt_path X` log their scalars at X's training step and epoch, not at 0.
 
-    Lightning logs evaluation scalars at its count of training batches that stepped, which only
-    `fit` restores; so the test points of a checkpoint sat at the far left of its training curves,
-    and testing `best` and `last` put two points on one. Here that count is set to the checkpoint's
-    `global_step` (one optimiser step per batch that stepped), so each tested checkpoint is a point
-    above the step it was saved at.
+    Lightning logs evaluation scalars at its count of training batches that stepped, and adds an
+    `epoch` scalar from its epoch count, both of which only `fit` restores; so the test points of a
+    checkpoint sat at the far left of its training curves (testing `best` and `last` put two points
+    on one), and the `epoch` curve fell to 0 at its end. Here that count is set to the checkpoint's
+    `global_step` (one optimiser step per batch that stepped) and the epoch to its `epoch`, so each
+    tested checkpoint is a point above the step it was saved at and the `epoch` curve stays level.
     """
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn != TrainerFn.FITTING and "global_step" in checkpoint:
             trainer.fit_loop.epoch_loop._batches_that_stepped = checkpoint["global_step"]
+            trainer.fit_loop.epoch_progress.current.completed = checkpoint["epoch"]
 
 
 class KLPerDimensionToLoggers(Callback):
-    """Sends the test's `test_kl_per_dim/zNN` scalars to the loggers, at the step of the other test scalars.
+    """Sends the `val_kl_per_dim/zNN` and `test_kl_per_dim/zNN` scalars to the loggers, at the step
+    of the other validation or test scalars.
 
-    The module logs them with `logger=False`, because Lightning prints every logged test metric in
-    its results table, and twenty per-dimension rows buried the five numbers people came for (loss,
-    recon, kl, nll, active units). So they reach the loggers here, and test_metrics.json as before.
+    The module logs them with `logger=False`, because Lightning prints every logged metric of
+    `validate` and `test` in its results table, and twenty per-dimension rows buried the five numbers
+    people came for (loss, recon, kl, nll, active units). So they reach the loggers here, and
+    test_metrics.json as before.
     """
 
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._send(trainer, "val_kl_per_dim/")
+
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        per_dim = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_kl_per_dim/")}
+        self._send(trainer, "test_kl_per_dim/")
+
+    @staticmethod
+    def _send(trainer: Trainer, prefix: str) -> None:
+        per_dim = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
         if not trainer.is_global_zero or not per_dim:
             return
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # where Lightning put the other test scalars
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # where Lightning put the stage's other scalars
         for logger in trainer.loggers:
             logger.log_metrics(per_dim, step=step)
             logger.save()

@@ -6,6 +6,9 @@ Checkpoints are pickles, so they are only ever loaded with `weights_only=True`.
 """
 
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class CheckpointWriteError(RuntimeError):
@@ -28,12 +32,26 @@ class CheckpointError(SystemExit):
 
 # ModelCheckpoint's state that holds file paths, each spelled with its `dirpath` as prefix.
 PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+# Signals that stop a fit with `last.ckpt` at the step reached: Ctrl-C, and what schedulers send before a kill.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Keeps the best epoch by validation loss, and `last.ckpt` to resume from: at each epoch's end
-    and every `save_last_every_n_steps` optimiser steps (with gradient accumulation, a step is
-    `accumulate_grad_batches` batches, and it is saved once, after the batch that completes it).
+    """Keeps the best epoch by validation loss, and `last.ckpt` to resume from: at each epoch's end,
+    every `save_last_every_n_steps` optimiser steps (with gradient accumulation, a step is
+    `accumulate_grad_batches` batches, and it is saved once, after the batch that completes it),
+    and when SIGINT (Ctrl-C) or SIGTERM stops the training.
+
+    A signal only raises a flag; the save happens at the next point where an every-N save could
+    happen (the end of the step under way, or, at an epoch's last step, the epoch's end after its
+    validation), so `last.ckpt` holds a state that `--ckpt_path last` continues bit-identically.
+    Then the run stops through Lightning's own `SIGTERMException` (its `on_exception` hooks, loggers
+    finalised) with exit status 128 + the signal's number (130, 143), as a scheduler expects of a
+    run that was stopped. Lightning's own SIGTERM handler is set aside while training: it stops in
+    the middle of a validation, where no consistent checkpoint can be written. Under DDP the ranks
+    take the largest flag of any rank at each step (one all-reduce of one number, beside the one
+    Lightning makes per step for its own handler), so all of them save and stop at the same step.
+    A second Ctrl-C stops at once without saving (the previous `last.ckpt` stays whole).
 
     Lightning forgets which checkpoints it already wrote when the folder is spelled differently
     on resume (`./lightning_logs/...` vs `lightning_logs/...`), then keeps stale "best" files and
@@ -53,13 +71,31 @@ class RunCheckpoint(ModelCheckpoint):
         self.save_last_every_n_steps = save_last_every_n_steps
         self._step_before_batch = 0
         self._save_at_epoch_end = False  # the every-N save fell on the epoch's last step
+        self._signal = 0  # the number of the stop signal received, 0: none
+        self._handlers_before: dict[int, Any] = {}
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self._catch_stop_signals()  # (Lightning registers its own handlers just before)
+
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._catch_stop_signals()
+
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._release_stop_signals()
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self._release_stop_signals()
 
     def on_train_batch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_start(trainer, *args, **kwargs)
         self._step_before_batch = trainer.global_step
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
-        """Also write `last.ckpt` every N steps, so a killed run loses at most N steps of work.
+        """Also write `last.ckpt` every N steps, so a killed run loses at most N steps of work, and
+        after the step under way when a stop signal came.
 
         A step that ends the epoch's training is saved at the epoch's end instead, after its validation:
         Lightning resumes a checkpoint written on an epoch's last batch as a finished epoch, so it would
@@ -68,8 +104,10 @@ class RunCheckpoint(ModelCheckpoint):
         during that validation then redoes at most N steps, as anywhere else.
         """
         super().on_train_batch_end(trainer, *args, **kwargs)
-        n, stepped = self.save_last_every_n_steps, trainer.global_step != self._step_before_batch
-        if n and stepped and trainer.global_step % n == 0 and not trainer.sanity_checking:
+        if trainer.global_step == self._step_before_batch or trainer.sanity_checking:
+            return  # a batch that only accumulated gradients: no step to save
+        n, signum = self.save_last_every_n_steps, self._stop_signal(trainer)
+        if signum or (n and trainer.global_step % n == 0):
             if trainer.is_last_batch:  # (the last of `limit_train_batches`, when that ends the epoch)
                 self._save_at_epoch_end = True
                 return
@@ -78,15 +116,57 @@ class RunCheckpoint(ModelCheckpoint):
             marker = self._last_global_step_saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = marker
+            if signum:
+                self._stop(trainer, signum)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         """The save put off from the epoch's last step, unless the epoch's own save (after its validation,
         or here in a run without validation) already wrote this step: an epoch that
-        `check_val_every_n_epoch` leaves unvalidated has no save of its own."""
+        `check_val_every_n_epoch` leaves unvalidated has no save of its own. Then a stop signal that
+        came during the epoch's last step or its validation stops the run."""
         super().on_train_epoch_end(trainer, pl_module)
-        if self._save_at_epoch_end and self._last_global_step_saved != trainer.global_step:
+        signum = self._stop_signal(trainer)
+        if (self._save_at_epoch_end or signum) and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._save_at_epoch_end = False
+        if signum:
+            self._stop(trainer, signum)
+
+    def _catch_stop_signals(self) -> None:
+        """From here on, SIGINT and SIGTERM raise the flag instead of stopping the process where it stands
+        (only the main thread may set handlers: a fit run from another thread keeps Lightning's)."""
+        if self._handlers_before or threading.current_thread() is not threading.main_thread():
+            return
+        self._signal = 0
+        for signum in STOP_SIGNALS:
+            self._handlers_before[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_stop_signal)
+
+    def _release_stop_signals(self) -> None:
+        for signum, handler in self._handlers_before.items():
+            signal.signal(signum, handler)
+        self._handlers_before = {}
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        if self._signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now, without saving
+        self._signal = signum
+
+    def _stop_signal(self, trainer: Trainer) -> int:
+        """The stop signal any rank has received (0: none); a collective under DDP, so every rank calls it."""
+        if trainer.world_size == 1:
+            return self._signal
+        flag = torch.tensor(self._signal, device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(flag, reduce_op="max"))
+
+    def _stop(self, trainer: Trainer, signum: int) -> None:
+        if trainer.is_global_zero:
+            print(
+                f"Stopped by {signal.Signals(signum).name} at step {trainer.global_step}: saved "
+                f"{self.last_model_path}. To continue, run the same command with --ckpt_path last.",
+                file=sys.stderr,
+            )
+        raise SIGTERMException(128 + signum)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("dirpath")

@@ -23,11 +23,14 @@ Checks of the command line (`vae.cli_checks`) run before anything is built, so a
 with one line and no run directory.
 """
 
+import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from vae.callbacks import (
@@ -37,6 +40,7 @@ from vae.callbacks import (
     KLPerDimensionToLoggers,
     LatentProjector,
     StopOnNonFiniteLoss,
+    SummaryWithoutFLOPs,
     TestMetricsJSON,
 )
 from vae.checkpoints import (
@@ -69,6 +73,13 @@ EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
 WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim")
 # Data options that say what the model was trained and validated on: a checkpoint supplies them.
 DATA_OF_THE_RUN = ("binarize", "val_size", "split_seed")
+# What each subcommand does with the checkpoint `--ckpt_path last` found, said on the console.
+WHAT_IS_DONE_WITH = {
+    "fit": "resuming the training of",
+    "validate": "validating",
+    "test": "testing",
+    "predict": "predicting with",
+}
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -106,6 +117,7 @@ class VAECLI(LightningCLI):
                     TestMetricsJSON(),
                     PredictionsFile(),
                     StopOnNonFiniteLoss(),
+                    SummaryWithoutFLOPs(),
                     # redrawing the bar every step costs more than a step of this small network
                     TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS),
                 ],
@@ -139,6 +151,8 @@ class VAECLI(LightningCLI):
         logger_args = logger.init_args if hasattr(logger, "init_args") else None
         if config.get("ckpt_path") is not None:
             checkpoint = self._find_checkpoint(config.ckpt_path, logger_args)
+            if config.ckpt_path == "last":
+                print(f"--ckpt_path last: {WHAT_IS_DONE_WITH[subcommand]} {checkpoint}", file=sys.stderr)
             saved = check_checkpoint(checkpoint)
             self._parse_with_the_checkpoints_defaults(parser, args, saved)
             config = self.config[subcommand]
@@ -161,9 +175,7 @@ class VAECLI(LightningCLI):
             return Path(ckpt_path)
         if logger_args is None:
             raise CheckpointError("--ckpt_path last needs a logger to know where runs are; pass a .ckpt path.")
-        checkpoint = find_last_checkpoint(Path(logger_args.save_dir) / (logger_args.name or ""))
-        print(f"Resuming from {checkpoint}", file=sys.stderr)
-        return checkpoint
+        return find_last_checkpoint(Path(logger_args.save_dir) / (logger_args.name or ""))
 
     def _parse_with_the_checkpoints_defaults(self, parser: LightningArgumentParser, args, saved: dict) -> None:
         """Parse again with the checkpoint's data options and architecture as the defaults: what
@@ -191,20 +203,30 @@ class VAECLI(LightningCLI):
 
     @staticmethod
     def _pin_logger(checkpoint: Path, logger_args) -> None:
-        """Log into the checkpoint's own run directory, not a new `version_N`."""
+        """Log into the checkpoint's own run directory, not a new `version_N`; Lightning's warning that its
+        checkpoint folder "exists and is not empty" is then expected, and left out."""
         run_dir = run_dir_of(checkpoint)
         if run_dir is not None and logger_args is not None and "version" in logger_args:
             logger_args.save_dir, logger_args.name, logger_args.version = str(run_dir.parent), "", run_dir.name
+            # spelled as Lightning spells it: os.path.join(save_dir, name, version, "checkpoints")
+            folder = os.path.join(logger_args.save_dir, "", run_dir.name, "checkpoints")
+            warnings.filterwarnings(
+                "ignore", message=re.escape(f"Checkpoint directory {folder} exists and is not empty.")
+            )
 
     def before_instantiate_classes(self) -> None:
         """Runs after LightningCLI applied the checkpoint's hyperparameters: put evaluation settings back;
-        and let `--trainer.enable_progress_bar false` win over the default progress bar callback."""
+        and let `--trainer.enable_progress_bar false` and `--trainer.enable_model_summary false` win over
+        the default progress bar and summary callbacks."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         for name, value in self._evaluation_settings.items():
             config.model[name] = value
-        if config.trainer.enable_progress_bar is False:
-            callbacks = self.trainer_defaults["callbacks"]
-            self.trainer_defaults["callbacks"] = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
+        off = tuple(
+            kind
+            for kind, option in ((TQDMProgressBar, "enable_progress_bar"), (ModelSummary, "enable_model_summary"))
+            if config.trainer[option] is False
+        )
+        self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, off)]
 
     def instantiate_classes(self) -> None:
         """A constructor that rejects its options says why in one line, not in a traceback."""

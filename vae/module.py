@@ -311,6 +311,6 @@ class VAEModule(LightningModule):
         active, kl_per_dim = usage.compute()
         usage.reset()
         self.log(f"{stage}/active_units", active.float())
-        # test: kept out of Lightning's printed table; `KLPerDimensionToLoggers` sends them to the loggers
+        # kept out of Lightning's printed tables; `KLPerDimensionToLoggers` sends them to the loggers
         per_dim = {f"{stage}_kl_per_dim/z{u:02d}": kl for u, kl in enumerate(kl_per_dim)}
-        self.log_dict(per_dim, logger=stage != "test")
+        self.log_dict(per_dim, logger=False)
