@@ -4,6 +4,7 @@ import json
 import runpy
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,10 +64,20 @@ def test_the_projector_shows_the_first_n_test_images_with_their_labels(tmp_path,
     assert metadata.read_text().splitlines() == [str(label) for label in dm.test_set.labels[:50].tolist()]
 
 
-def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):
-    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
+def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir, capsys, caplog):
+    run_cli("fit", "--trainer.max_epochs", "1", "--trainer.enable_model_summary", "true", data_dir=data_dir)
+    # the model summary without a FLOPs column that would read 0 (the module has no example input)
+    summary = caplog.text[caplog.text.index("| Name") :]
+    assert "Total params" in summary and "FLOPs" not in summary and "Flops" not in summary
     first = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
-    cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
+    # into its own, non-empty, checkpoint folder: Lightning's warning about that would say nothing
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
+    assert "--ckpt_path last: resuming the training of lightning_logs/version_0/checkpoints/last.ckpt" in (
+        capsys.readouterr().err
+    )
 
     assert [p.name for p in (in_tmp / "lightning_logs").iterdir()] == ["version_0"]  # no new version
     assert Path(cli.trainer.log_dir).resolve() == in_tmp / "lightning_logs" / "version_0"
@@ -80,6 +91,13 @@ def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):
     assert cli.model.hparams.hidden_dim == 32
 
 
+def test_a_new_run_into_a_checkpoint_folder_that_is_not_empty_is_still_warned_about(in_tmp, data_dir):
+    (in_tmp / "lightning_logs/version_0/checkpoints").mkdir(parents=True)
+    (in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt").touch()
+    with pytest.warns(UserWarning, match="Checkpoint directory .*version_0/checkpoints exists and is not empty"):
+        run_cli("fit", "--trainer.max_epochs", "1", "--trainer.logger.init_args.version", "0", data_dir=data_dir)
+
+
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # a copy of a run, see copy_of_trained_run
 def test_resume_from_an_explicit_checkpoint_logs_into_its_run(copy_of_trained_run, data_dir):
     in_tmp = copy_of_trained_run
@@ -90,11 +108,14 @@ def test_resume_from_an_explicit_checkpoint_logs_into_its_run(copy_of_trained_ru
     assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == ["version_0", "version_1"]
 
 
-def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_run, data_dir):
+def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_run, data_dir, capsys):
     in_tmp = copy_of_trained_run
     ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
     # batches of 48: 3 full ones and one of 16, so that a mean of batch means would be off
-    cli = run_cli("test", "--ckpt_path", str(ckpt), "--data.batch_size", "48", data_dir=data_dir)
+    cli = run_cli("test", "--ckpt_path", "last", "--data.batch_size", "48", data_dir=data_dir)
+    said = capsys.readouterr().err
+    assert "--ckpt_path last: testing lightning_logs/version_0/checkpoints/last.ckpt" in said
+    assert "Resuming" not in said and "resuming" not in said
     record = json.loads((in_tmp / "lightning_logs/version_0/test_metrics.json").read_text())
     kl_per_dim = [f"test_kl_per_dim/z{u:02d}" for u in range(4)]
     terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/active_units"}
@@ -110,7 +131,7 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_ru
     kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(0)
     assert [record["metrics"][name] for name in kl_per_dim] == pytest.approx(kl.tolist(), rel=1e-5)
     assert record["metrics"]["test/kl"] == pytest.approx(kl.sum().item(), rel=1e-5)
-    assert record["ckpt_path"] == str(ckpt)
+    assert Path(record["ckpt_path"]).resolve() == ckpt
     assert (in_tmp / "lightning_logs/version_0/config.yaml").is_file()  # the fit config is not overwritten
     assert (in_tmp / "lightning_logs/version_0/test_config.yaml").is_file()
     assert not (in_tmp / "lightning_logs/version_1").exists()

