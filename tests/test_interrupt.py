@@ -18,6 +18,7 @@ from lightning.pytorch import Callback
 from tests import test_resume_exact
 from tests.conftest import SCRIPT, run_cli
 from tests.test_resume_exact import final_state, train
+from vae.cli import main
 
 uninterrupted = test_resume_exact.uninterrupted  # the reference fixture, trained once for this file too
 
@@ -58,6 +59,14 @@ class CtrlCTwice(Callback):
         if trainer.global_step == 1:
             signal.raise_signal(signal.SIGINT)
             signal.raise_signal(signal.SIGINT)
+
+
+class SigtermInTest(Callback):
+    """SIGTERM to this process in the first test batch."""
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            signal.raise_signal(signal.SIGTERM)
 
 
 def assert_the_same_run(a: dict, b: dict) -> None:
@@ -130,3 +139,13 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, monkeypatch, dat
         signal.signal(signal.SIGINT, handler)  # (Lightning ignores Ctrl-C once it has had a KeyboardInterrupt)
     assert stopped.value.code == 1  # Lightning's KeyboardInterrupt
     assert not (tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt").exists()
+
+
+def test_sigterm_stops_a_test_with_exit_status_143_not_0(copy_of_trained_run, data_dir, monkeypatch):
+    args = ["test", "--ckpt_path", "last", "--data.data_dir", str(data_dir), "--data.batch_size", "32"]
+    args += ["--trainer.callbacks+=tests.test_interrupt.SigtermInTest", "--trainer.enable_progress_bar", "false"]
+    monkeypatch.setattr(sys, "argv", ["train.py", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 143
+    assert not (copy_of_trained_run / "lightning_logs/version_0/test_metrics.json").exists()  # it did stop

@@ -25,6 +25,7 @@ with one line and no run directory.
 
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae.callbacks import (
     EvaluateAtCheckpointStep,
@@ -250,7 +252,15 @@ class VAECLI(LightningCLI):
 
 
 def main() -> None:
-    """`python train.py ARGS`: a bare `python train.py [--options]` means `fit`."""
+    """`python train.py ARGS`: a bare `python train.py [--options]` means `fit`.
+
+    Lightning stops on SIGTERM with an exit status of 0, as if the command had finished; here it is
+    128 + 15, as a scheduler expects of a process that was stopped (a fit stopped by a signal already
+    exits so, from `RunCheckpoint`).
+    """
     if len(sys.argv) == 1 or sys.argv[1] not in (*SUBCOMMANDS, "-h", "--help"):
         sys.argv.insert(1, "fit")
-    VAECLI()
+    try:
+        VAECLI()
+    except SIGTERMException as stopped:
+        raise SystemExit(128 + signal.SIGTERM if stopped.code is None else stopped.code) from None
