@@ -247,6 +247,11 @@ def test_one_run_directory_checkpoints_and_images_written_once_and_resume_contin
     assert "checkpoints/last.ckpt" in (tested / "config.yaml").read_text()  # the resumed fit's config, kept
 
 
+def test_the_console_has_no_advice_to_reduce_metrics_that_are_already_reduced(ddp):
+    console = (ddp["interrupted"] / "log.txt").read_text()  # the killed fit, its resume and the test
+    assert "Test metric" in console and "sync_dist" not in console
+
+
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # no logger here: nothing to reload
 def test_metrics_over_two_ranks_equal_one_process_on_the_same_weights(ddp, tmp_path, monkeypatch):
     """The reduction across ranks is exact: each image counted once, sums and counts combined.

@@ -118,11 +118,12 @@ def test_ctrl_c_during_an_epochs_validation_saves_after_it_exits_130_and_resumes
         f"--trainer.callbacks.init_args.step={STEPS_PER_EPOCH}",
         f"--trainer.callbacks.init_args.signum={int(signal.SIGINT)}",
     ]
+    handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as stopped:
         train(tmp_path, monkeypatch, data_dir, *callback)
     assert stopped.value.code == 130
     assert final_state(tmp_path)["global_step"] == STEPS_PER_EPOCH  # after epoch 0's validation, not before
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is Python's again
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C does what it did before the fit
 
     train(tmp_path, monkeypatch, data_dir, "--ckpt_path", "last")
     assert_the_same_run(uninterrupted, final_state(tmp_path))

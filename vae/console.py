@@ -5,7 +5,10 @@ Each filter names one exact message, so every other warning and log line still s
 - Lightning's note that it skips its default model summary, because the project gives its own
   (`vae.callbacks.SummaryWithoutFLOPs`);
 - torch's FutureWarning about `isinstance(treespec, LeafSpec)`, raised inside Lightning's own
-  `_pytree` helpers (Lightning's to fix, not the user's).
+  `_pytree` helpers (Lightning's to fix, not the user's);
+- under DDP, Lightning's advice to log `<stage>/active_units` and the 20 `<stage>_kl_per_dim/zNN`
+  with `sync_dist=True`: they come from `vae.latents.LatentUsage`, a torchmetrics Metric that has
+  already combined every process's images, so they are the same on every process.
 """
 
 import logging
@@ -14,6 +17,9 @@ import warnings
 LITLOGGER_TIP = "try installing [litlogger]"
 SUMMARY_REPLACED = "Skipping setting a default `ModelSummary` callback"
 PYTREE_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+LATENT_USAGE_SYNC_ADVICE = (
+    r"It is recommended to use `self.log\('(val|test)(/active_units|_kl_per_dim/z\d+)', \.\.\., sync_dist"
+)
 # the logger Lightning's `rank_zero_info` writes through (set when `lightning.pytorch` is imported)
 LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
@@ -26,4 +32,5 @@ def _worth_showing(record: logging.LogRecord) -> bool:
 def quiet_console() -> None:
     """Install the filters (idempotent: a second call adds nothing)."""
     warnings.filterwarnings("ignore", message=PYTREE_DEPRECATION, category=FutureWarning)
+    warnings.filterwarnings("ignore", message=LATENT_USAGE_SYNC_ADVICE)
     logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(_worth_showing)
