@@ -95,7 +95,7 @@ def test_a_new_run_into_a_checkpoint_folder_that_is_not_empty_is_still_warned_ab
     (in_tmp / "lightning_logs/version_0/checkpoints").mkdir(parents=True)
     (in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt").touch()
     with pytest.warns(UserWarning, match="Checkpoint directory .*version_0/checkpoints exists and is not empty"):
-        run_cli("fit", "--trainer.max_epochs", "1", "--trainer.logger.init_args.version", "0", data_dir=data_dir)
+        run_cli("fit", "--trainer.max_steps", "0", "--trainer.logger.init_args.version", "0", data_dir=data_dir)
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # a copy of a run, see copy_of_trained_run

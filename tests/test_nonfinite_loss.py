@@ -20,12 +20,11 @@ from vae.module import VAEModule
         ("50", "1000", 6),  # at the end of training
     ],
 )
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # a copy of a run, see copy_of_trained_run
 def test_the_deferred_check_names_the_step_and_no_checkpoint_holds_its_weights(
-    tmp_path, monkeypatch, data_dir, log_every, save_every, stopped_at
+    copy_of_trained_run, monkeypatch, data_dir, log_every, save_every, stopped_at
 ):
-    monkeypatch.chdir(tmp_path)
-    run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)  # 3 steps
-    checkpoints = tmp_path / "lightning_logs/version_0/checkpoints"
+    checkpoints = copy_of_trained_run / "lightning_logs/version_0/checkpoints"  # `run_cli fit`, 1 epoch of 3 steps
     before = {path.name: path.read_bytes() for path in checkpoints.iterdir()}
 
     original = VAEModule.training_step
