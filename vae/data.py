@@ -213,7 +213,14 @@ class MNISTDataModule(LightningDataModule):
 
         The draw applies to every batch, but validation and test images are already 0 or 1, which
         a Bernoulli draw returns unchanged: only training batches change.
+
+        The float batch then gets the precision's input dtype (bfloat16 under `bf16-true`: Lightning
+        converts floating inputs before this hook, when the batch is still uint8), except in `test`,
+        which evaluates in float32 whatever the training precision (`VAEModule.test_step`).
         """
         images, labels = batch
         x = images.unsqueeze(1).float().div_(255)
-        return (torch.bernoulli(x) if self.binarize == "dynamic" else x), labels
+        x = torch.bernoulli(x) if self.binarize == "dynamic" else x
+        if self.trainer is not None and not self.trainer.testing:
+            x = self.trainer.precision_plugin.convert_input(x)
+        return x, labels

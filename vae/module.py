@@ -37,6 +37,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
+def _mean() -> MeanMetric:
+    """The mean over every image, NaN included: a NaN image makes the epoch's number NaN, as it should
+    show, and the metric never asks the device whether there was one (no host sync per update)."""
+    return MeanMetric(nan_strategy="disable")
+
+
 class VAEModule(LightningModule):
     """A VAE trained by maximising the ELBO.
 
@@ -123,8 +129,8 @@ class VAEModule(LightningModule):
         self.model = VAE(hidden_dim, latent_dim, arch)
         self.metrics = nn.ModuleDict(
             {
-                "val": nn.ModuleDict({term: MeanMetric() for term in TERMS}),
-                "test": nn.ModuleDict({term: MeanMetric() for term in (*TERMS, "nll")}),
+                "val": nn.ModuleDict({term: _mean() for term in TERMS}),
+                "test": nn.ModuleDict({term: _mean() for term in (*TERMS, "nll")}),
             }
         )
         self.latent_usage = nn.ModuleDict({stage: LatentUsage(latent_dim) for stage in ("val", "test")})
@@ -245,8 +251,33 @@ class VAEModule(LightningModule):
             if k
             else "test/nll is off (--model.iw_samples 0)."
         )
+        self.model.to(self._at_least_float32())  # bf16-true's / 16-true's weights, upcast exactly
+        self._metrics_at_least_float32()
+
+    def on_test_end(self) -> None:
+        self.model.to(self.dtype)
+
+    def on_validation_start(self) -> None:
+        self._metrics_at_least_float32()
+
+    def _at_least_float32(self) -> torch.dtype:
+        return torch.promote_types(self.dtype, torch.float32)
+
+    def _metrics_at_least_float32(self) -> None:
+        """`bf16-true` / `16-true` convert the whole module, metric states too (torchmetrics guards only
+        `.half()`-style calls, not Lightning's `.to(dtype)`): a bfloat16 sum over thousands of images
+        keeps 3 significant digits. Here they go back to float32 (a no-op when they are)."""
+        dtype = self._at_least_float32()
+        self.metrics.to(dtype)
+        self.latent_usage.to(dtype)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """In float32 whatever the training precision (autocast off, float32 weights and images): at
+        bfloat16, the noise, the logits and k = 5000 log-weights would be rounded, and `test/nll` biased."""
+        with torch.autocast(self.device.type, enabled=False):
+            self._test(batch)
+
+    def _test(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         k = self.hparams.iw_samples
         if not k:
             self._evaluate(batch, "test")
@@ -256,9 +287,7 @@ class VAEModule(LightningModule):
         nll, recon = importance_weighted_terms(x, mu, logvar, self.model.decode, k)
         kl = gaussian_kl(mu, logvar)
         self._log_elbo_terms("test", (recon + kl, recon, kl), mu, logvar)
-        metric = self.metrics["test"]["nll"]
-        metric.update(nll)
-        self.log("test/nll", metric, batch_size=len(x))
+        self._log_mean("test", "nll", nll)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """The posterior q(z|x) of each image, with its label: what a latent-space analysis needs."""
@@ -294,10 +323,23 @@ class VAEModule(LightningModule):
     ) -> None:
         """`<stage>/loss`, `/recon`, `/kl` from per-image (loss, recon, kl); latent usage from q(z|x)."""
         for term, values in zip(TERMS, terms, strict=True):
-            metric = self.metrics[stage][term]
-            metric.update(values)
-            self.log(f"{stage}/{term}", metric, prog_bar=term == "loss", batch_size=len(mu))
+            self._log_mean(stage, term, values, prog_bar=term == "loss")
         self.latent_usage[stage].update(mu, logvar)
+
+    def _log_mean(self, stage: str, term: str, values: torch.Tensor, prog_bar: bool = False) -> None:
+        """`<stage>/<term>`, the mean of each image's value over the epoch.
+
+        With the default dtype at float32 (`bf16-true` / `16-true` set it to theirs around each step):
+        Lightning moves the metric to the value's device on every `log`, and torchmetrics then takes
+        the default dtype as the metric's, rounding every value it adds to bfloat16.
+        """
+        metric, default = self.metrics[stage][term], torch.get_default_dtype()
+        torch.set_default_dtype(self._at_least_float32())
+        try:
+            metric.update(values)
+            self.log(f"{stage}/{term}", metric, prog_bar=prog_bar, batch_size=len(values))
+        finally:
+            torch.set_default_dtype(default)
 
     def on_validation_epoch_end(self) -> None:
         self._log_latent_usage("val")
