@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
+from vae.data import run_seed
 from vae.elbo import (
     free_bits_kl,
     gaussian_kl,
@@ -72,7 +73,7 @@ class VAEModule(LightningModule):
             setting, not part of the trained model: `test` takes it from the command line, never
             from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
             passes per image (docs/results.md, "Cost of the test"). The same samples give `test/recon`.
-        compile: `torch.compile` the network's forward pass when a Trainer runs it: true (or
+        compile: `torch.compile` the encoder and the decoder when a Trainer runs them: true (or
             "default"), "reduce-overhead" (also CUDA graphs: replays each step's kernels in one
             launch; every batch shape, e.g. a short last batch, gets its own graph) or
             "max-autotune". A setting of the run, not of the model: never taken from a checkpoint.
@@ -138,16 +139,33 @@ class VAEModule(LightningModule):
     def setup(self, stage: str) -> None:
         # Runs after the datamodule's setup and before a checkpoint is restored.
         torch.set_float32_matmul_precision(self.hparams.matmul_precision)
+        # cuDNN's convolutions (conv, resnet) take TF32 unless told not to, whatever the matmul precision
+        torch.backends.cudnn.allow_tf32 = self.hparams.matmul_precision != "highest"
+        self._own_random_stream()
         datamodule = self.trainer.datamodule
         if stage == "fit" and self.hparams.init_output_bias and hasattr(datamodule, "pixel_mean"):
             self.model.init_output_bias(datamodule.pixel_mean())
 
     def configure_model(self) -> None:
-        """Compile here, not in `__init__`: only a Trainer's run is compiled, not a model loaded to sample from."""
+        """Compile here, not in `__init__`: only a Trainer's run is compiled, not a model loaded to sample from.
+
+        The encoder and the decoder are compiled, not `VAE.forward`: every path goes through them (the
+        ELBO step, the importance-weighted objective, the k decoder passes of `test/nll`), and the noise
+        between them is drawn eagerly, so a compiled run draws the same noise as an uncompiled one.
+        """
         if self.hparams.compile:
             mode = None if self.hparams.compile is True else self.hparams.compile
             # dynamic=False: each batch shape gets its own static graph (what CUDA graphs need)
-            self.model.compile(mode=mode, dynamic=False)
+            for name in ("encode", "decode"):
+                setattr(self.model, name, torch.compile(getattr(self.model, name), mode=mode, dynamic=False))
+
+    def _own_random_stream(self) -> None:
+        """Under DDP, rank r > 0 draws its noise (reparameterisation, dynamic binarisation) from the run's
+        seed + r, so the ranks' images do not share one noise sequence; rank 0 keeps the stream of a single
+        process. A checkpoint's random states, restored after this, replace it (exact resume)."""
+        rank = self.trainer.global_rank
+        if rank:
+            torch.manual_seed(run_seed() + rank)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The random state that draws the reparameterisation noise decides the future, so it is saved:
@@ -173,20 +191,26 @@ class VAEModule(LightningModule):
         else:
             rank_zero_warn(
                 f"The checkpoint holds the random states of {len(ranks)} process(es) and this run has {world_size}: "
-                "every process starts from rank 0's CPU state and a fresh GPU state. Training continues correctly, "
-                "but not bit-identically to an uninterrupted run."
+                "rank 0 starts from the checkpoint's rank-0 CPU state, the others from fresh streams. Training "
+                "continues correctly, but not bit-identically to an uninterrupted run."
             )
+            if rank:
+                return  # the stream `setup` gave it
             mine = {"torch": ranks[0]["torch"]}
         torch.set_rng_state(mine["torch"])
         device = self.trainer.strategy.root_device  # the model may not be on it yet: restoring comes first
         if "cuda" in mine and device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], device)
+        if "mps" in mine and device.type == "mps":
+            torch.mps.set_rng_state(mine["mps"])
 
     def _rng_states_of_every_rank(self) -> list[dict[str, torch.Tensor]]:
-        """[{"torch": CPU generator state, "cuda": this rank's GPU generator state (on a GPU)}, one per rank]."""
+        """[{"torch": CPU generator state, "cuda" or "mps": this rank's GPU generator state}, one per rank]."""
         mine, device = {"torch": torch.get_rng_state()}, self.trainer.strategy.root_device
         if device.type == "cuda":
             mine["cuda"] = torch.cuda.get_rng_state(device)
+        elif device.type == "mps":
+            mine["mps"] = torch.mps.get_rng_state()
         if self.trainer.world_size == 1:
             return [mine]
         # one uint8 vector per rank, gathered on the device (NCCL gathers only GPU tensors)
