@@ -73,7 +73,8 @@ class VAEModule(LightningModule):
             setting, not part of the trained model: `test` takes it from the command line, never
             from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
             passes per image (docs/results.md, "Cost of the test"). The same samples give `test/recon`.
-        compile: `torch.compile` the encoder and the decoder when a Trainer runs them: true (or
+        compile: `torch.compile` the network's forward pass, and the decoder for the importance-weighted
+            objective and `test/nll`, when a Trainer runs them: true (or
             "default"), "reduce-overhead" (also CUDA graphs: replays each step's kernels in one
             launch; every batch shape, e.g. a short last batch, gets its own graph) or
             "max-autotune". A setting of the run, not of the model: never taken from a checkpoint.
@@ -135,6 +136,7 @@ class VAEModule(LightningModule):
             }
         )
         self.latent_usage = nn.ModuleDict({stage: LatentUsage(latent_dim) for stage in ("val", "test")})
+        self._decode = self.model.decode  # compiled in a compiled run (`configure_model`)
 
     def setup(self, stage: str) -> None:
         # Runs after the datamodule's setup and before a checkpoint is restored.
@@ -149,15 +151,17 @@ class VAEModule(LightningModule):
     def configure_model(self) -> None:
         """Compile here, not in `__init__`: only a Trainer's run is compiled, not a model loaded to sample from.
 
-        The encoder and the decoder are compiled, not `VAE.forward`: every path goes through them (the
-        ELBO step, the importance-weighted objective, the k decoder passes of `test/nll`), and the noise
-        between them is drawn eagerly, so a compiled run draws the same noise as an uncompiled one.
+        `VAE.forward` (the ELBO step: one graph from image to logits) and, for the paths that call the
+        decoder outside it (the importance-weighted objective, the k decoder passes of `test/nll`), the
+        decoder alone. Not the encoder and the decoder as two graphs for everything: with CUDA graphs,
+        in evaluation (no backward pending) each compiled call starts a new iteration and frees the
+        previous call's outputs, so the encoder's mu would be gone by the time the loss reads it.
         """
         if self.hparams.compile:
             mode = None if self.hparams.compile is True else self.hparams.compile
             # dynamic=False: each batch shape gets its own static graph (what CUDA graphs need)
-            for name in ("encode", "decode"):
-                setattr(self.model, name, torch.compile(getattr(self.model, name), mode=mode, dynamic=False))
+            self.model.compile(mode=mode, dynamic=False)
+            self._decode = torch.compile(self.model.decode, mode=mode, dynamic=False)
 
     def _own_random_stream(self) -> None:
         """Under DDP, rank r > 0 draws its noise (reparameterisation, dynamic binarisation) from the run's
@@ -246,7 +250,7 @@ class VAEModule(LightningModule):
         if k > 1:
             mu, logvar = self.model.encode(x)
             z = self.model.reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, B, latent)
-            log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self.model.decode)
+            log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self._decode)
             objective = negative_iw_bound(log_px_z + weight * log_prior_ratio).mean()
             return -log_px_z.mean(0) + gaussian_kl(mu, logvar), objective
         logits, mu, logvar = self.model(x)
@@ -308,7 +312,7 @@ class VAEModule(LightningModule):
             return
         x, _ = batch
         mu, logvar = self.model.encode(x)
-        nll, recon = importance_weighted_terms(x, mu, logvar, self.model.decode, k)
+        nll, recon = importance_weighted_terms(x, mu, logvar, self._decode, k)
         kl = gaussian_kl(mu, logvar)
         self._log_elbo_terms("test", (recon + kl, recon, kl), mu, logvar)
         self._log_mean("test", "nll", nll)
