@@ -32,9 +32,12 @@ from typing import Any
 import optuna
 import yaml
 from lightning.pytorch import Trainer
+from matplotlib import pyplot
+from matplotlib.figure import Figure
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.visualization.matplotlib import plot_optimization_history
 from optuna_integration import PyTorchLightningPruningCallback
 
 from vae.callbacks import NonFiniteLossError
@@ -181,8 +184,13 @@ class Objective:
             if self.objective.startswith("test/"):
                 best = fit.trainer.checkpoint_callback.best_model_path
                 metrics |= VAECLI(args=["test", *args, f"--ckpt_path={best}"]).trainer.callback_metrics
+        except optuna.TrialPruned:
+            raise
         except (SystemExit, NonFiniteLossError) as err:  # the CLI's one-line errors; a loss gone NaN
             raise self.failed(trial, str(err).removeprefix("error: ")) from None
+        except Exception as err:  # unforeseen: recorded in one line, and Optuna logs the traceback
+            trial.set_user_attr("error", f"{type(err).__name__}: {' '.join(str(err).split())}")
+            raise
         for name, value in metrics.items():
             trial.set_user_attr(name, value.item())
         if self.objective not in metrics:
@@ -221,10 +229,13 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, heartbe
 
 
 def note(trial: FrozenTrial) -> str:
+    """Why a trial ended as it did, and whose retry it is."""
     retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
     if trial.state == TrialState.PRUNED:
         return f"pruned after epoch {trial.last_step}"
-    return trial.user_attrs.get("error") or (f"retry of {retried} (its worker died)" if retried is not None else "")
+    if trial.state == TrialState.FAIL:  # without a reason, the trial's worker itself stopped
+        return trial.user_attrs.get("error", "its worker stopped (killed, or interrupted) during the trial")
+    return f"retry of {retried}, whose worker stopped" if retried is not None else ""
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -256,12 +267,6 @@ def best_config(trial: FrozenTrial) -> dict[str, Any]:
 
 def write_results(study: optuna.Study, study_dir: Path, objective: str, names: list[str]) -> None:
     """trials.md, best.yaml, objective.png and rate_distortion.png in the study's folder."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    from optuna.visualization.matplotlib import plot_optimization_history
-
     table = trials_table(study, objective, names)
     write_atomically(study_dir / "trials.md", lambda p: p.write_text(table))
     print(table)
@@ -276,9 +281,7 @@ def write_results(study: optuna.Study, study_dir: Path, objective: str, names: l
 
     axes = plot_optimization_history(study, target_name=objective)
     write_atomically(study_dir / "objective.png", lambda p: axes.figure.savefig(p, format="png", dpi=120))
-    import matplotlib.pyplot as plt
-
-    plt.close(axes.figure)
+    pyplot.close(axes.figure)
 
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()

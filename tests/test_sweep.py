@@ -78,6 +78,7 @@ def test_a_killed_workers_trial_is_retried_and_finished_by_the_other(killed_work
     root, study, pid_a = killed_worker
     killed, *others = study.trials
     assert killed.state == TrialState.FAIL and killed.user_attrs["worker"].endswith(f":{pid_a}")
+    assert sweep.note(killed) == "its worker stopped (killed, or interrupted) during the trial"
     (retry,) = [t for t in others if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
     assert retry.user_attrs["worker"].endswith(f":{os.getpid()}")
@@ -85,7 +86,7 @@ def test_a_killed_workers_trial_is_retried_and_finished_by_the_other(killed_work
     # the killed trial's run is left as it was, resumable with train.py
     assert (root / killed.user_attrs["run"] / "checkpoints" / "last.ckpt").is_file()
     table = (root / "sweeps" / "tiny" / "trials.md").read_text()
-    assert f"| {retry.number} | COMPLETE |" in table and "retry of 0 (its worker died)" in table
+    assert f"| {retry.number} | COMPLETE |" in table and "retry of 0, whose worker stopped" in table
 
 
 def test_workers_sharing_a_study_run_each_trial_once_and_record_all(killed_worker):
