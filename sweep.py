@@ -232,7 +232,7 @@ def note(trial: FrozenTrial) -> str:
     """Why a trial ended as it did, and whose retry it is."""
     retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
     if trial.state == TrialState.PRUNED:
-        return f"pruned after epoch {trial.last_step}"
+        return f"pruned after epoch {trial.last_step}, at {trial.intermediate_values[trial.last_step]:.2f}"
     if trial.state == TrialState.FAIL:  # without a reason, the trial's worker itself stopped
         return trial.user_attrs.get("error", "its worker stopped (killed, or interrupted) during the trial")
     return f"retry of {retried}, whose worker stopped" if retried is not None else ""
@@ -249,7 +249,7 @@ def trials_table(study: optuna.Study, objective: str, names: list[str]) -> str:
     header = ["trial", "state", objective, *names, "val/recon", "val/kl", "run", "note"]
     rows = [header, ["---"] * len(header)]
     for t in study.trials:
-        value = "" if t.value is None else f"{t.value:.2f}"
+        value = f"{t.value:.2f}" if t.state == TrialState.COMPLETE else ""  # a pruned one's is in its note
         recon, kl = (f"{t.user_attrs[m]:.2f}" if m in t.user_attrs else "" for m in ("val/recon", "val/kl"))
         params = [
             f"{t.params[n]:.4g}" if isinstance(t.params.get(n), float) else str(t.params.get(n, "")) for n in names

@@ -1,6 +1,7 @@
 """sweep.py: workers sharing an Optuna study, a SIGKILLed worker's trial retried by another, pruning,
 failed trials with their reason, the best configuration as a train.py config, and bad input."""
 
+import json
 import os
 import signal
 import subprocess
@@ -111,9 +112,10 @@ def test_the_best_yaml_trains_the_best_trial_again_with_train_py(killed_worker, 
     assert cli.trainer.callback_metrics["val/loss"].item() == study.best_value  # same seed: the same run
 
 
-def test_a_hopeless_trial_is_pruned_and_a_failing_one_recorded_with_its_reason(tmp_path, data_dir, monkeypatch):
+def test_a_hopeless_trial_is_pruned_a_failing_one_recorded_and_test_nll_the_objective(tmp_path, data_dir, monkeypatch):
     """Four trials on a grid: without the decoder's output bias at the pixel means the first
-    validation is far above the pruner's threshold (a hopeless trial); beta -1 is refused."""
+    validation is far above the pruner's threshold (a hopeless trial); beta -1 is refused. The
+    objective is the best checkpoint's test/nll; the pruner watches val/loss."""
     space = {
         "model.init_output_bias": {"type": "categorical", "choices": [True, False]},
         "model.beta": {"type": "categorical", "choices": [1.0, -1.0]},
@@ -121,14 +123,17 @@ def test_a_hopeless_trial_is_pruned_and_a_failing_one_recorded_with_its_reason(t
     pruner = {"class": "ThresholdPruner", "upper": 450}
     name = write_sweep(tmp_path, "prune", sampler={"class": "GridSampler"}, pruner=pruner, fixed=TINY, space=space)
     monkeypatch.chdir(tmp_path)
-    study = sweep.main([name, "--model.latent_dim", "4"])
-    outcome = {
-        (t.params["model.init_output_bias"], t.params["model.beta"]): (t.state, sweep.note(t)) for t in study.trials
-    }
-    assert outcome[True, 1.0] == (TrialState.COMPLETE, "")
-    assert outcome[False, 1.0] == (TrialState.PRUNED, "pruned after epoch 0")
+    study = sweep.main([name, "--objective", "test/nll", "--model.latent_dim", "4", "--model.iw_samples", "2"])
+    outcome = {(t.params["model.init_output_bias"], t.params["model.beta"]): t for t in study.trials}
+    assert outcome[True, 1.0].state == TrialState.COMPLETE and sweep.note(outcome[True, 1.0]) == ""
+    hopeless = outcome[False, 1.0]
+    assert hopeless.state == TrialState.PRUNED and hopeless.intermediate_values[0] > 450
+    assert sweep.note(hopeless) == f"pruned after epoch 0, at {hopeless.intermediate_values[0]:.2f}"
     refused = "--model.beta and --model.kl_warmup_epochs must be >= 0, got -1.0, 0."
-    assert outcome[True, -1.0] == outcome[False, -1.0] == (TrialState.FAIL, refused)
+    assert [sweep.note(outcome[bias, -1.0]) for bias in (True, False)] == [refused, refused]
+    assert outcome[True, -1.0].state == outcome[False, -1.0].state == TrialState.FAIL
+    test = json.loads((tmp_path / study.best_trial.user_attrs["run"] / "test_metrics.json").read_text())
+    assert "/checkpoints/best-epoch" in test["ckpt_path"] and test["metrics"]["test/nll"] == study.best_value
 
 
 @pytest.mark.parametrize(
