@@ -181,6 +181,8 @@ class Objective:
         try:
             fit = TrialCLI(PyTorchLightningPruningCallback(trial, self.monitor), args=["fit", *args])
             metrics = dict(fit.trainer.callback_metrics)
+            # in the study, so that any machine can write best.yaml, not only the one that ran the trial
+            trial.set_user_attr("config", (Path(fit.trainer.log_dir) / "config.yaml").read_text())
             if self.objective.startswith("test/"):
                 best = fit.trainer.checkpoint_callback.best_model_path
                 metrics |= VAECLI(args=["test", *args, f"--ckpt_path={best}"]).trainer.callback_metrics
@@ -260,7 +262,7 @@ def trials_table(study: optuna.Study, objective: str, names: list[str]) -> str:
 
 def best_config(trial: FrozenTrial) -> dict[str, Any]:
     """The best trial's own `config.yaml`, logging into `lightning_logs/version_N` as any run does."""
-    config = yaml.safe_load((Path(trial.user_attrs["run"]) / "config.yaml").read_text())
+    config = yaml.safe_load(trial.user_attrs["config"])
     config["trainer"]["logger"]["init_args"].update(RUN_FOLDER_OPTIONS)
     return config
 
