@@ -44,32 +44,39 @@ def wait_for(condition, process: subprocess.Popen, what: str) -> None:
         time.sleep(0.005)
 
 
+def what_happened(root: Path) -> str:
+    """For a failed assertion: the trials, and the end of what the killed worker printed."""
+    table = (root / "sweeps" / "tiny" / "trials.md").read_text()
+    return f"{table}\nworker A printed:\n{(root / 'worker_a.txt').read_text()[-3000:]}"
+
+
 @pytest.fixture(scope="module")
 def killed_worker(tmp_path_factory, files):
-    """Worker A (a process) takes trial 0 and is SIGKILLed once that trial has written its first
-    checkpoint; worker B (this process), started as soon as trial 0 was running, runs trial 1
-    beside it, then takes over trial 0 as trial 2. Returns (folder, study, A's pid)."""
+    """Worker A (a process) takes trial 0, which hangs after its first epoch (sweep_synthetic.py's
+    `--stall_after_an_epoch`) until A is SIGKILLed; worker B (this process), started as soon as
+    trial 0 was running, runs trial 1 beside it, then takes over trial 0 as trial 2. Returns
+    (folder, study, A's pid)."""
     root = tmp_path_factory.mktemp("sweep")
     write_data_dir(root, files)
     name = write_sweep(root, "tiny", n_trials=2, fixed=TINY, space=SPACE)
-    trial_0 = root / "sweeps" / "tiny" / "version_0"
+    command = [sys.executable, str(WORKER), "--stall_after_an_epoch", name]
     with open(root / "worker_a.txt", "w") as console:
-        worker_a = subprocess.Popen([sys.executable, str(WORKER), name], cwd=root, stdout=console, stderr=console)
+        worker_a = subprocess.Popen(command, cwd=root, stdout=console, stderr=console)
     try:
-        wait_for((trial_0 / "config.yaml").exists, worker_a, "its first trial started")
+        wait_for((root / "sweeps" / "tiny" / "version_0" / "config.yaml").exists, worker_a, "its trial started")
 
-        def kill_at_the_first_checkpoint() -> None:
-            wait_for((trial_0 / "checkpoints" / "last.ckpt").exists, worker_a, "its first checkpoint")
+        def kill_when_stalled() -> None:
+            wait_for((root / "stalled").exists, worker_a, "its trial's first epoch ended")
             worker_a.send_signal(signal.SIGKILL)
 
-        killer = threading.Thread(target=kill_at_the_first_checkpoint)
+        killer = threading.Thread(target=kill_when_stalled)
         killer.start()
         with pytest.MonkeyPatch.context() as patch:
             make_hermetic(patch, files)
             patch.chdir(root)
             study = sweep.main([name])
         killer.join()
-        assert worker_a.wait() == -signal.SIGKILL
+        assert worker_a.wait() == -signal.SIGKILL, what_happened(root)
     finally:
         worker_a.kill()
     return root, study, worker_a.pid
@@ -78,7 +85,8 @@ def killed_worker(tmp_path_factory, files):
 def test_a_killed_workers_trial_is_retried_and_finished_by_the_other(killed_worker):
     root, study, pid_a = killed_worker
     killed, *others = study.trials
-    assert killed.state == TrialState.FAIL and killed.user_attrs["worker"].endswith(f":{pid_a}")
+    assert killed.state == TrialState.FAIL, what_happened(root)
+    assert killed.user_attrs["worker"].endswith(f":{pid_a}")
     assert sweep.note(killed) == "its worker stopped (killed, or interrupted) during the trial"
     (retry,) = [t for t in others if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
@@ -93,7 +101,7 @@ def test_a_killed_workers_trial_is_retried_and_finished_by_the_other(killed_work
 def test_workers_sharing_a_study_run_each_trial_once_and_record_all(killed_worker):
     root, study, _ = killed_worker
     states = [t.state for t in study.trials]
-    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]  # n_trials 2, and the killed one
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], what_happened(root)  # n_trials 2
     runs = sorted(p.name for p in (root / "sweeps" / "tiny").glob("version_*"))
     assert runs == sorted(f"version_{t.number}" for t in study.trials)
     for trial in study.trials[1:]:  # each run folder holds one run, of its own trial's values
