@@ -66,6 +66,8 @@ def test_the_projector_shows_the_first_n_test_images_with_their_labels(tmp_path,
 def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):
     run_cli("fit", "--trainer.max_epochs", "1", data_dir=data_dir)
     first = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    # what a SIGKILL in the middle of writing a best checkpoint leaves (never renamed into place)
+    (in_tmp / "lightning_logs/version_0/checkpoints/.best-epoch000.ckpt.partial").write_bytes(b"half a file")
     cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
 
     assert [p.name for p in (in_tmp / "lightning_logs").iterdir()] == ["version_0"]  # no new version
@@ -73,7 +75,7 @@ def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir):
     last = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     assert (first["epoch"], first["global_step"]) == (0, 3)
     assert (last["epoch"], last["global_step"]) == (1, 6)
-    # one best and one last: no stale best, no `last-v1.ckpt` beside `last.ckpt`
+    # one best and one last: no stale best, no `last-v1.ckpt` beside `last.ckpt`, no stale partial file
     names = sorted(p.name for p in (in_tmp / "lightning_logs/version_0/checkpoints").iterdir())
     assert len(names) == 2 and names[0].startswith("best-epoch") and names[1] == "last.ckpt"
     # the resumed run kept the architecture of the checkpoint, not the CLI defaults
