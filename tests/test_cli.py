@@ -1,6 +1,7 @@
 """The command line as a user drives it: fit, resume, test, and the mistakes it must catch early."""
 
 import json
+import math
 import runpy
 import shutil
 import sys
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Normal, kl_divergence
@@ -20,6 +22,7 @@ from vae.checkpoints import CheckpointError
 from vae.cli import VAECLI
 from vae.cli_checks import CommandLineError
 from vae.data import MNISTDataModule
+from vae.model import VAE
 from vae.module import VAEModule
 
 
@@ -101,17 +104,34 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_ru
     kl_per_dim = [f"test_kl_per_dim/z{u:02d}" for u in range(4)]
     terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/active_units"}
     assert set(record["metrics"]) == terms | set(kl_per_dim)
-    for name, value in record["metrics"].items():  # the numbers the printed table showed
-        assert value == cli.trainer.callback_metrics[name].item(), name
     # The KL terms are deterministic: the checkpoint's posteriors of every test image, averaged over
     # the images, per dimension and summed.
     model = VAEModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).model.eval()
+    x = cli.datamodule.test_set.images.unsqueeze(1).float() / 255
     with torch.no_grad():
-        mu, logvar = model.encode(cli.datamodule.test_set.images.unsqueeze(1).float() / 255)
+        mu, logvar = model.encode(x)
     assert len(mu) == TEST_SIZE
     kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(0)
     assert [record["metrics"][name] for name in kl_per_dim] == pytest.approx(kl.tolist(), rel=1e-5)
     assert record["metrics"]["test/kl"] == pytest.approx(kl.sum().item(), rel=1e-5)
+    # The other terms, from the noise the test drew: it starts from the random state saved in the
+    # checkpoint and draws, batch after batch, one (images, latent) tensor per sample (k = 100).
+    torch.set_rng_state(torch.load(ckpt, weights_only=True)["rng_states"]["ranks"][0]["torch"])
+    log_px_z, log_w = [], []
+    with torch.no_grad():
+        for batch in (x[i : i + 48] for i in range(0, TEST_SIZE, 48)):
+            mu, logvar = model.encode(batch)
+            q = Normal(mu, (0.5 * logvar).exp())
+            z = torch.stack([mu + q.scale * torch.randn(mu.shape) for _ in range(100)])
+            logits = model.decode(z.flatten(0, 1)).view(100, len(batch), -1)
+            pixels = batch.flatten(1)
+            log_px_z.append((pixels * F.logsigmoid(logits) + (1 - pixels) * F.logsigmoid(-logits)).sum(-1))
+            log_w.append(log_px_z[-1] + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
+    recon = -torch.cat(log_px_z, 1).mean(0)
+    nll = -(torch.logsumexp(torch.cat(log_w, 1), 0) - math.log(100))
+    expected = {"test/recon": recon.mean(), "test/loss": recon.mean() + kl.sum(), "test/nll": nll.mean()}
+    for name, value in expected.items():
+        assert record["metrics"][name] == pytest.approx(value.item(), rel=1e-5), name
     assert record["ckpt_path"] == str(ckpt)
     assert (in_tmp / "lightning_logs/version_0/config.yaml").is_file()  # the fit config is not overwritten
     assert (in_tmp / "lightning_logs/version_0/test_config.yaml").is_file()
@@ -129,16 +149,21 @@ def binary_run(tmp_path_factory, files) -> Path:
     return root / "lightning_logs"
 
 
-def test_test_nll_uses_the_command_lines_k_and_is_below_the_negative_elbo(in_tmp, data_dir, binary_run, caplog):
+def test_test_nll_uses_the_command_lines_k_and_is_below_the_negative_elbo(
+    in_tmp, data_dir, binary_run, caplog, monkeypatch
+):
     binary = ["--data.binarize", "dynamic"]  # so that test/nll is a likelihood of binary images
     shutil.copytree(binary_run, in_tmp / "lightning_logs")  # trained with k = 3
     ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
     json_path = in_tmp / "lightning_logs/version_0/test_metrics.json"
 
+    decoded = []  # the latent codes decoded: k per test image, if k samples reached the computation
+    decode = VAE.decode
+    monkeypatch.setattr(VAE, "decode", lambda self, z: decoded.append(len(z)) or decode(self, z))
     run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "50", *binary, data_dir=data_dir)
+    assert sum(decoded) == 50 * TEST_SIZE  # not the 3 saved in the checkpoint
     record = json.loads(json_path.read_text())
-    assert record["hparams"]["iw_samples"] == 50  # not the 3 saved in the checkpoint
-    assert "test/nll uses k=50 importance samples" in caplog.text
+    assert record["hparams"]["iw_samples"] == 50 and "test/nll uses k=50 importance samples" in caplog.text
     metrics = record["metrics"]
     assert metrics["test/nll"] <= metrics["test/loss"] + 0.1
 
