@@ -1,7 +1,6 @@
 """The command line as a user drives it: fit, resume, test, and the mistakes it must catch early."""
 
 import json
-import math
 import runpy
 import shutil
 import sys
@@ -10,12 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Normal, kl_divergence
 
-from tests.conftest import REPO, TEST_SIZE, fit_in_a_new_folder, run_cli
+from tests.conftest import REPO, TEST_SIZE, expected_test_metrics, fit_in_a_new_folder, run_cli
 from vae import mnist_files
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
@@ -114,24 +112,9 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_ru
     kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(0)
     assert [record["metrics"][name] for name in kl_per_dim] == pytest.approx(kl.tolist(), rel=1e-5)
     assert record["metrics"]["test/kl"] == pytest.approx(kl.sum().item(), rel=1e-5)
-    # The other terms, from the noise the test drew: it starts from the random state saved in the
-    # checkpoint and draws, batch after batch, one (images, latent) tensor per sample (k = 100).
-    torch.set_rng_state(torch.load(ckpt, weights_only=True)["rng_states"]["ranks"][0]["torch"])
-    log_px_z, log_w = [], []
-    with torch.no_grad():
-        for batch in (x[i : i + 48] for i in range(0, TEST_SIZE, 48)):
-            mu, logvar = model.encode(batch)
-            q = Normal(mu, (0.5 * logvar).exp())
-            z = torch.stack([mu + q.scale * torch.randn(mu.shape) for _ in range(100)])
-            logits = model.decode(z.flatten(0, 1)).view(100, len(batch), -1)
-            pixels = batch.flatten(1)
-            log_px_z.append((pixels * F.logsigmoid(logits) + (1 - pixels) * F.logsigmoid(-logits)).sum(-1))
-            log_w.append(log_px_z[-1] + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
-    recon = -torch.cat(log_px_z, 1).mean(0)
-    nll = -(torch.logsumexp(torch.cat(log_w, 1), 0) - math.log(100))
-    expected = {"test/recon": recon.mean(), "test/loss": recon.mean() + kl.sum(), "test/nll": nll.mean()}
-    for name, value in expected.items():
-        assert record["metrics"][name] == pytest.approx(value.item(), rel=1e-5), name
+    # All four, with the noise the test drew (k = 100 by default)
+    for name, value in expected_test_metrics(ckpt, x, k=100, batch_size=48).items():
+        assert record["metrics"][name] == pytest.approx(value, rel=1e-5), name
     assert record["ckpt_path"] == str(ckpt)
     assert (in_tmp / "lightning_logs/version_0/config.yaml").is_file()  # the fit config is not overwritten
     assert (in_tmp / "lightning_logs/version_0/test_config.yaml").is_file()

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.distributions import Normal, kl_divergence
 
 from bench.recipe_table import table
-from tests.conftest import run_cli, synthetic_mnist
+from tests.conftest import expected_test_metrics, run_cli, synthetic_mnist
 from vae.elbo import negative_elbo
 from vae.model import VAE, ResidualBlock
 from vae.module import TERMS, VAEModule
@@ -59,11 +59,24 @@ def test_cosine_schedule_decays_the_learning_rate_step_by_step_over_the_run(tmp_
     assert [*rates, after] == pytest.approx([1e-3 * (1 + math.cos(math.pi * t / 6)) / 2 for t in range(7)], abs=1e-12)
 
 
+def tested_images(cli, n: int) -> torch.Tensor:
+    """The first `n` test images, as the test step sees them: floats in [0, 1], (n, 1, 28, 28)."""
+    return cli.datamodule.test_set.images[:n].unsqueeze(1).float() / 255
+
+
 def test_conv_model_trains_tests_and_keeps_its_architecture_on_resume(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
     run_cli("fit", "--trainer.max_epochs", "1", "--model.arch", "conv", data_dir=data_dir)
     cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
     assert cli.model.hparams.arch == "conv" and cli.trainer.global_step == 6
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    # the first 64 images (`limit_test_batches 1` would read as 1.0, the whole set)
+    test = ["--model.iw_samples", "2", "--trainer.limit_test_batches", "2"]
+    cli = run_cli("test", "--ckpt_path", str(last), *test, data_dir=data_dir)
+    record = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())
+    assert record["hparams"]["arch"] == "conv"
+    for name, value in expected_test_metrics(last, tested_images(cli, 64), k=2, batch_size=32).items():
+        assert record["metrics"][name] == pytest.approx(value, rel=1e-5), name
 
 
 def test_early_stopping_as_the_docs_give_it_watches_each_epochs_val_loss_beside_the_runs_own_callbacks(
@@ -234,11 +247,14 @@ def test_resnet_with_free_bits_fits_and_tests_from_the_command_line(tmp_path, mo
     recipe = ["--model.arch", "resnet", "--model.free_bits", "0.1", "--model.kl_warmup_epochs", "1"]
     short = ["--trainer.limit_train_batches", "2"]
     run_cli("fit", "--trainer.max_epochs", "1", *recipe, *short, data_dir=data_dir)
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
     test = ["--model.iw_samples", "3", "--trainer.limit_test_batches", "2"]
-    run_cli("test", "--ckpt_path", "last", *test, data_dir=data_dir)
+    cli = run_cli("test", "--ckpt_path", "last", *test, data_dir=data_dir)
     record = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())
     assert record["hparams"]["arch"] == "resnet" and record["hparams"]["free_bits"] == 0.1
-    assert all(math.isfinite(record["metrics"][f"test/{term}"]) for term in ("loss", "recon", "kl", "nll"))
+    for name, value in expected_test_metrics(last, tested_images(cli, 64), k=3, batch_size=32).items():
+        assert record["metrics"][name] == pytest.approx(value, rel=1e-5), name
 
 
 def test_the_results_table_gives_every_seed_and_their_mean_and_spread():
