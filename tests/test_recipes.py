@@ -59,7 +59,7 @@ def test_cosine_schedule_decays_the_learning_rate_step_by_step_over_the_run(tmp_
     assert [*rates, after] == pytest.approx([1e-3 * (1 + math.cos(math.pi * t / 6)) / 2 for t in range(7)], abs=1e-12)
 
 
-def tested_images(cli, n: int) -> torch.Tensor:
+def first_test_images(cli, n: int) -> torch.Tensor:
     """The first `n` test images, as the test step sees them: floats in [0, 1], (n, 1, 28, 28)."""
     return cli.datamodule.test_set.images[:n].unsqueeze(1).float() / 255
 
@@ -75,7 +75,7 @@ def test_conv_model_trains_tests_and_keeps_its_architecture_on_resume(tmp_path, 
     cli = run_cli("test", "--ckpt_path", str(last), *test, data_dir=data_dir)
     record = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())
     assert record["hparams"]["arch"] == "conv"
-    for name, value in expected_test_metrics(last, tested_images(cli, 64), k=2, batch_size=32).items():
+    for name, value in expected_test_metrics(last, first_test_images(cli, 64), k=2, batch_size=32).items():
         assert record["metrics"][name] == pytest.approx(value, rel=1e-5), name
 
 
@@ -253,7 +253,7 @@ def test_resnet_with_free_bits_fits_and_tests_from_the_command_line(tmp_path, mo
     cli = run_cli("test", "--ckpt_path", "last", *test, data_dir=data_dir)
     record = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())
     assert record["hparams"]["arch"] == "resnet" and record["hparams"]["free_bits"] == 0.1
-    for name, value in expected_test_metrics(last, tested_images(cli, 64), k=3, batch_size=32).items():
+    for name, value in expected_test_metrics(last, first_test_images(cli, 64), k=3, batch_size=32).items():
         assert record["metrics"][name] == pytest.approx(value, rel=1e-5), name
 
 
