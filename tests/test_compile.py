@@ -21,13 +21,15 @@ def test_a_compiled_fit_runs_compiled_graphs_to_the_eager_weights_and_compile_is
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch._dynamo.reset()
     counters.clear()
+    iwae = ("--model.train_iw_samples", "2")  # its objective calls the decoder outside VAE.forward
     for name, compile in (("compiled", "true"), ("eager", "false")):
         os.mkdir(tmp_path / name)
         monkeypatch.chdir(tmp_path / name)
-        run_cli("fit", "--trainer.max_epochs", "1", "--model.compile", compile, data_dir=data_dir)
+        cli = run_cli("fit", "--trainer.max_epochs", "1", "--model.compile", compile, *iwae, data_dir=data_dir)
         if name == "compiled":
             assert counters["frames"]["ok"] > 0 and counters["stats"]["unique_graphs"] > 0, dict(counters)
             assert counters["aot_autograd"]["ok"] > 0  # the training graphs, forward and backward
+            assert hasattr(cli.model._decode, "_torchdynamo_orig_callable")  # the IWAE objective's decoder too
     last = "lightning_logs/version_0/checkpoints/last.ckpt"
     compiled, eager = (torch.load(tmp_path / name / last, weights_only=True) for name in ("compiled", "eager"))
     assert compiled["state_dict"].keys() == VAEModule(hidden_dim=32, latent_dim=4).state_dict().keys()
