@@ -18,14 +18,14 @@ def test_a_compiled_fit_runs_compiled_graphs_to_the_eager_weights_and_compile_is
     """Whatever `compile` wraps, TorchDynamo must have turned it into graphs that Inductor compiled
     (a silent fallback to eager compiles none), and training must end at the weights of the same
     fit run eagerly: Inductor draws its random numbers as eager PyTorch does (`fallback_random`)."""
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch._dynamo.reset()
     counters.clear()
     iwae = ("--model.train_iw_samples", "2")  # its objective calls the decoder outside VAE.forward
     for name, compile in (("compiled", "true"), ("eager", "false")):
         os.mkdir(tmp_path / name)
         monkeypatch.chdir(tmp_path / name)
-        cli = run_cli("fit", "--trainer.max_epochs", "1", "--model.compile", compile, *iwae, data_dir=data_dir)
+        with torch._inductor.config.patch(fallback_random=True):
+            cli = run_cli("fit", "--trainer.max_epochs", "1", "--model.compile", compile, *iwae, data_dir=data_dir)
         if name == "compiled":
             assert counters["frames"]["ok"] > 0 and counters["stats"]["unique_graphs"] > 0, dict(counters)
             assert counters["aot_autograd"]["ok"] > 0  # the training graphs, forward and backward
