@@ -4,8 +4,10 @@ Lightning's `ddp` launcher starts ranks 1..N-1 by running `sys.argv[0]` again, i
 every rank applies the same test-only patches before it calls `vae.cli.main()`:
 - as in conftest.py, the synthetic files' MD5s are the ones that count, and there is no network:
   "fetching" writes the synthetic files;
-- evaluation decodes the posterior mean (`posterior_mean_in_eval`), so that metrics depend on the
-  weights only and can be compared between runs with different numbers of ranks.
+- evaluation decodes the posterior mean (`posterior_mean_in_eval`), and `test/nll` draws each image's
+  importance samples from a generator seeded by that image (`importance_samples_seeded_by_image`),
+  so that metrics depend on the weights only and can be compared between runs with different
+  numbers of ranks.
 Each rank also records what it fetched, and for every pass over a DataLoader the sampler Lightning
 gave it, a digest of its random state as the pass starts and the indices `__getitems__` received;
 at exit it writes them to `ddp-record-rank<R>.json` in the working directory, for the test to read.
@@ -26,12 +28,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import synthetic_files
-from vae import cli, mnist_files
+from vae import cli, mnist_files, module
 from vae.checkpoints import SafeCheckpointIO
 from vae.data import InMemoryMNIST
 from vae.model import VAE
 
 _vae_forward = VAE.forward
+_importance_weighted_terms = module.importance_weighted_terms
 
 
 def posterior_mean_in_eval(self: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,6 +49,19 @@ def posterior_mean_in_eval(self: VAE, x: torch.Tensor) -> tuple[torch.Tensor, to
     mu, logvar = self.encode(x)
     self.reparameterize(mu, logvar)
     return self.decode(mu), mu, logvar
+
+
+def importance_samples_seeded_by_image(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decode, k: int):
+    """`vae.elbo.importance_weighted_terms`, image by image, each image's k samples drawn from a
+    generator seeded by its pixels: the same values whichever rank and batch the image was dealt to."""
+    terms = []
+    for i in range(len(x)):
+        seed = int(hashlib.sha256(x[i].cpu().numpy().tobytes()).hexdigest()[:15], 16)
+        one = slice(i, i + 1)
+        generator = torch.Generator().manual_seed(seed)
+        terms.append(_importance_weighted_terms(x[one], mu[one], logvar[one], decode, k, generator=generator))
+    nll, recon = zip(*terms, strict=True)
+    return torch.cat(nll), torch.cat(recon)
 
 
 def sigkill_all_ranks_inside_the_write_at(step: int):
@@ -95,6 +111,7 @@ def main() -> None:
     mnist_files.MD5 = {name: hashlib.md5(content).hexdigest() for name, content in files.items()}
     mnist_files.FETCHERS = (fake_mirror,)
     VAE.forward = posterior_mean_in_eval
+    module.importance_weighted_terms = importance_samples_seeded_by_image
     DataLoader.__iter__ = recording_iter
     InMemoryMNIST.__getitems__ = recording_getitems
     atexit.register(write_record)

@@ -14,13 +14,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Normal, kl_divergence
 
-from tests.conftest import REPO, TEST_SIZE, fit_in_a_new_folder, run_cli
+from tests.conftest import REPO, TEST_SIZE, expected_test_metrics, fit_in_a_new_folder, run_cli
 from vae import mnist_files
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
 from vae.cli import VAECLI
 from vae.cli_checks import CommandLineError
 from vae.data import MNISTDataModule
+from vae.model import VAE
 from vae.module import VAEModule
 
 
@@ -70,6 +71,8 @@ def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir, cap
     summary = caplog.text[caplog.text.index("| Name") :]
     assert "Total params" in summary and "FLOPs" not in summary and "Flops" not in summary
     first = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    # what a SIGKILL in the middle of writing a best checkpoint leaves (never renamed into place)
+    (in_tmp / "lightning_logs/version_0/checkpoints/.best-epoch000.ckpt.partial").write_bytes(b"half a file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
@@ -84,7 +87,7 @@ def test_resume_last_continues_the_same_run_and_step_count(in_tmp, data_dir, cap
     last = torch.load(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     assert (first["epoch"], first["global_step"]) == (0, 3)
     assert (last["epoch"], last["global_step"]) == (1, 6)
-    # one best and one last: no stale best, no `last-v1.ckpt` beside `last.ckpt`
+    # one best and one last: no stale best, no `last-v1.ckpt` beside `last.ckpt`, no stale partial file
     names = sorted(p.name for p in (in_tmp / "lightning_logs/version_0/checkpoints").iterdir())
     assert len(names) == 2 and names[0].startswith("best-epoch") and names[1] == "last.ckpt"
     # the resumed run kept the architecture of the checkpoint, not the CLI defaults
@@ -120,17 +123,19 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_ru
     kl_per_dim = [f"test_kl_per_dim/z{u:02d}" for u in range(4)]
     terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/active_units"}
     assert set(record["metrics"]) == terms | set(kl_per_dim)
-    for name, value in record["metrics"].items():  # the numbers the printed table showed
-        assert value == cli.trainer.callback_metrics[name].item(), name
     # The KL terms are deterministic: the checkpoint's posteriors of every test image, averaged over
     # the images, per dimension and summed.
     model = VAEModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).model.eval()
+    x = cli.datamodule.test_set.images.unsqueeze(1).float() / 255
     with torch.no_grad():
-        mu, logvar = model.encode(cli.datamodule.test_set.images.unsqueeze(1).float() / 255)
+        mu, logvar = model.encode(x)
     assert len(mu) == TEST_SIZE
     kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(0)
     assert [record["metrics"][name] for name in kl_per_dim] == pytest.approx(kl.tolist(), rel=1e-5)
     assert record["metrics"]["test/kl"] == pytest.approx(kl.sum().item(), rel=1e-5)
+    # All four, with the noise the test drew (k = 100 by default)
+    for name, value in expected_test_metrics(ckpt, x, k=100, batch_size=48).items():
+        assert record["metrics"][name] == pytest.approx(value, rel=1e-5), name
     assert Path(record["ckpt_path"]).resolve() == ckpt
     assert (in_tmp / "lightning_logs/version_0/config.yaml").is_file()  # the fit config is not overwritten
     assert (in_tmp / "lightning_logs/version_0/test_config.yaml").is_file()
@@ -148,16 +153,21 @@ def binary_run(tmp_path_factory, files) -> Path:
     return root / "lightning_logs"
 
 
-def test_test_nll_uses_the_command_lines_k_and_is_below_the_negative_elbo(in_tmp, data_dir, binary_run, caplog):
+def test_test_nll_uses_the_command_lines_k_and_is_below_the_negative_elbo(
+    in_tmp, data_dir, binary_run, caplog, monkeypatch
+):
     binary = ["--data.binarize", "dynamic"]  # so that test/nll is a likelihood of binary images
     shutil.copytree(binary_run, in_tmp / "lightning_logs")  # trained with k = 3
     ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")
     json_path = in_tmp / "lightning_logs/version_0/test_metrics.json"
 
+    decoded = []  # the latent codes decoded: k per test image, if k samples reached the computation
+    decode = VAE.decode
+    monkeypatch.setattr(VAE, "decode", lambda self, z: decoded.append(len(z)) or decode(self, z))
     run_cli("test", "--ckpt_path", ckpt, "--model.iw_samples", "50", *binary, data_dir=data_dir)
+    assert sum(decoded) == 50 * TEST_SIZE  # not the 3 saved in the checkpoint
     record = json.loads(json_path.read_text())
-    assert record["hparams"]["iw_samples"] == 50  # not the 3 saved in the checkpoint
-    assert "test/nll uses k=50 importance samples" in caplog.text
+    assert record["hparams"]["iw_samples"] == 50 and "test/nll uses k=50 importance samples" in caplog.text
     metrics = record["metrics"]
     assert metrics["test/nll"] <= metrics["test/loss"] + 0.1
 

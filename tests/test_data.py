@@ -102,6 +102,26 @@ def test_a_fetched_file_with_the_wrong_checksum_is_not_accepted(tmp_path, files)
     assert not (raw_dir(tmp_path) / "train-images-idx3-ubyte").exists()
 
 
+# `md5sum` of the four files torchvision's mirrors serve, uncompressed (the table in DESIGN.md).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+@pytest.mark.shipped_checksums  # every other test checks against the synthetic files' checksums
+def test_the_shipped_checksums_are_mnists_and_refuse_other_files(data_dir, files):
+    assert mnist_files.MD5 == MNIST_MD5
+    log = []
+    with pytest.raises(MNISTFilesError) as err:  # the synthetic files on disk, and fetched again: not MNIST
+        ensure_mnist(data_dir, fetchers=[writer_of(files, log, "mirror")])
+    assert all(f"{name} {md5}" in str(err.value) for name, md5 in MNIST_MD5.items())
+    assert log == [("mirror", list(MNIST_MD5))]
+    assert sorted(p.name for p in raw_dir(data_dir).glob("*.corrupt")) == sorted(f"{n}.corrupt" for n in MNIST_MD5)
+
+
 def test_read_idx_rejects_truncated_files(tmp_path, files):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(files["train-images-idx3-ubyte"][:-1])

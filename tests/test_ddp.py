@@ -24,7 +24,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TEST_SIZE, TRAIN_SIZE
-from tests.ddp_train import posterior_mean_in_eval
+from tests.ddp_train import importance_samples_seeded_by_image, posterior_mean_in_eval
+from vae import module
 from vae.cli import VAECLI
 from vae.data import InMemoryMNIST
 from vae.model import VAE
@@ -46,8 +47,7 @@ COMMANDS = [
     ("reference", "uninterrupted", FIT, None),
     ("killed", "interrupted", FIT, KILLED_AT),
     ("resume", "interrupted", ["fit", "--trainer.max_epochs", "2", "--ckpt_path", "last"], None),
-    # test/nll is off: importance sampling draws noise per image even here (see the metric test)
-    ("test", "interrupted", ["test", "--ckpt_path", "last", "--model.iw_samples", "0"], None),
+    ("test", "interrupted", ["test", "--ckpt_path", "last", "--model.iw_samples", "3"], None),
     ("predict", "predicting", ["predict", "--ckpt_path", "last"], None),  # in a copy of "interrupted"
 ]
 AT_ONCE = [["reference", "killed"], ["resume"], ["test", "predict"]]  # commands that run at the same time
@@ -226,9 +226,12 @@ def test_resuming_mid_epoch_on_another_number_of_processes_is_refused_and_change
     with pytest.raises(SystemExit, match=r"middle of epoch 1 by a run on 2 process.*Resume it on 2") as exit_:
         resume_on_one_process(ddp, "killed", tmp_path)
     assert "\n" not in str(exit_.value.code)
-    assert sorted(p.name for p in (tmp_path / "lightning_logs/version_0").rglob("*")) == sorted(
-        p.name for p in (ddp["killed"] / "lightning_logs/version_0").rglob("*")
-    )
+    assert files_in(tmp_path / "lightning_logs") == files_in(ddp["killed"] / "lightning_logs")
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by its path relative to it: its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_resuming_at_an_epochs_end_on_another_number_of_processes_says_so_and_sees_every_image(ddp, tmp_path):
@@ -270,12 +273,14 @@ def test_the_console_has_no_advice_to_reduce_metrics_that_are_already_reduced(dd
 def test_metrics_over_two_ranks_equal_one_process_on_the_same_weights(ddp, tmp_path, monkeypatch):
     """The reduction across ranks is exact: each image counted once, sums and counts combined.
 
-    Evaluation decodes the posterior mean here (in the DDP runs too, see tests/ddp_train.py): with
-    a draw z ~ q(z|x), each image's loss would depend on which noise it met, and that depends on
-    how the images were dealt to ranks and batches, so 1 and 2 ranks would give two different
-    Monte-Carlo estimates of the same expectation and could not agree to float precision.
+    Evaluation decodes the posterior mean here, and test/nll's importance samples are drawn per
+    image from a generator seeded by the image (in the DDP runs too, see tests/ddp_train.py): with
+    draws from one random stream, each image's values would depend on which noise it met, and that
+    depends on how the images were dealt to ranks and batches, so 1 and 2 ranks would give two
+    different Monte-Carlo estimates of the same expectation and could not agree to float precision.
     """
     monkeypatch.setattr(VAE, "forward", posterior_mean_in_eval)
+    monkeypatch.setattr(module, "importance_weighted_terms", importance_samples_seeded_by_image)
     monkeypatch.chdir(tmp_path)
     one_process = [
         *DATA,
@@ -297,7 +302,8 @@ def test_metrics_over_two_ranks_equal_one_process_on_the_same_weights(ddp, tmp_p
     assert cli.trainer.callback_metrics["val/loss"].item() == pytest.approx(two_ranks, rel=1e-6)
 
     record = json.loads((ddp["test"] / "lightning_logs/version_0/test_metrics.json").read_text())
-    cli = VAECLI(args=["test", "--ckpt_path", str(ckpt), "--model.iw_samples", "0", *one_process])
+    assert {"test/loss", "test/recon", "test/kl", "test/nll", "test/active_units"} <= set(record["metrics"])
+    cli = VAECLI(args=["test", "--ckpt_path", str(ckpt), "--model.iw_samples", "3", *one_process])
     for name, value in record["metrics"].items():
         assert cli.trainer.callback_metrics[name].item() == pytest.approx(value, rel=1e-6), name
 

@@ -1,7 +1,12 @@
-"""Fault injection: real `python train.py` processes SIGKILLed at random moments, some in the middle
-of writing a checkpoint, then resumed with `--ckpt_path last`, must end with exactly the weights of
-a run that was never interrupted. Run alone with `python -m pytest -m fault`. The same under DDP,
-with every process SIGKILLed at once while one writes a checkpoint: tests/test_ddp.py.
+"""Fault injection: real `python train.py` processes SIGKILLed at steps chosen at random, some in the
+middle of writing a checkpoint, then resumed with `--ckpt_path last`, must end with exactly the
+weights of a run that was never interrupted. Run alone with `python -m pytest -m fault`. The same
+under DDP, with every process SIGKILLed at once while one writes a checkpoint: tests/test_ddp.py.
+
+Kills are placed by training step, not by time, so they land where they are meant to whatever the
+speed of the machine: each process logs the steps it takes (tests/train_synthetic.py), and this
+test kills it once it has taken a chosen step, or the process kills itself half-way through
+writing a chosen step's checkpoint.
 
 The uninterrupted run (conftest's `script_fit`) also shows what a user's console shows.
 """
@@ -19,42 +24,49 @@ import torch
 
 from tests.conftest import SCRIPT, SCRIPT_ARGS, write_data_dir
 
-
-def start(cwd: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), *SCRIPT_ARGS, *extra], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+# SCRIPT_ARGS: 576 training images in batches of 32, 5 epochs, last.ckpt every 4 steps
+STEPS_PER_EPOCH, SAVE_EVERY = 18, 4
 
 
-def finish(process: subprocess.Popen) -> None:
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()[-3000:]
+def last_save_by(step: int) -> int:
+    """The step of the newest last.ckpt once `step` is done: saves every SAVE_EVERY steps and at each epoch's end."""
+    return max(step - step % SAVE_EVERY, step - step % STEPS_PER_EPOCH)
 
 
-def kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> bool:
-    """SIGKILL the process as soon as `condition()` holds; False if it finished first."""
+def start(cwd: Path, name: str, *extra: str, kill_in_write_at: int | None = None) -> subprocess.Popen:
+    """SCRIPT in `cwd`, logging its steps to `<name>.steps` and its console to `<name>.txt`; in a
+    session of its own, so that a kill of its process group is a kill of it alone."""
+    env = {**os.environ, "STEP_LOG": str(cwd / f"{name}.steps")}
+    if kill_in_write_at is not None:
+        env["SIGKILL_IN_WRITE_AT_STEP"] = str(kill_in_write_at)
+    with open(cwd / f"{name}.txt", "w") as console:
+        command = [sys.executable, str(SCRIPT), *SCRIPT_ARGS, *extra]
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=console, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+def steps_taken(cwd: Path, name: str) -> list[int]:
+    """The global steps the process `name` logged, complete lines only (it may be writing one)."""
+    path = cwd / f"{name}.steps"
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    return [int(line) for line in lines if line.endswith("\n")]
+
+
+def printed(cwd: Path, name: str) -> str:
+    return (cwd / f"{name}.txt").read_text()[-3000:]
+
+
+def kill_at_step(process: subprocess.Popen, cwd: Path, name: str, step: int, timeout: float = 300) -> None:
+    """SIGKILL the process as soon as it has logged `step`: somewhere in the step after it."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
-        if condition():
+        taken = steps_taken(cwd, name)
+        if taken and taken[-1] >= step:
             process.send_signal(signal.SIGKILL)
             process.wait()
-            return True
+            return
         time.sleep(0.0005)
-    return False
-
-
-def seconds_after_a_new(path: Path, delay: float):
-    """A condition: `delay` seconds have passed since a `path` other than the one there now appeared
-    (each checkpoint write replaces the file), i.e. since this process wrote its first checkpoint."""
-    before = path.stat().st_ino if path.exists() else None
-    seen = []
-
-    def condition() -> bool:
-        if not seen and path.exists() and path.stat().st_ino != before:
-            seen.append(time.monotonic())
-        return bool(seen) and time.monotonic() - seen[0] > delay
-
-    return condition
+    pytest.fail(f"{name} ended (code {process.poll()}) or timed out before step {step}: {printed(cwd, name)}")
 
 
 def weights(run: Path) -> dict:
@@ -63,30 +75,45 @@ def weights(run: Path) -> dict:
 
 @pytest.mark.fault
 def test_sigkilled_runs_resume_to_the_same_weights(tmp_path, files, script_fit):
-    """Four kills of one run, each followed by a resume: at a random moment (up to half a second
-    after that process wrote its first checkpoint, so while it trains), inside a checkpoint write,
-    at a random moment, inside a write; then it runs to the end. The uninterrupted reference runs
-    at the same time (`script_fit`)."""
+    """Four kills of one run, each followed by a resume, at steps drawn from a seed that is printed:
+    in the middle of epoch 0's training, inside the write of a checkpoint in epoch 1, in the middle
+    of epoch 2's training, inside the write of a checkpoint in epoch 3 (or of its end's, after its
+    validation); then it runs to the end. The uninterrupted reference runs at the same time (`script_fit`)."""
+    seed = random.randrange(2**32)
+    print(f"kill steps drawn with random.Random({seed})")
+    rng = random.Random(seed)
+    plan = [
+        ("while training", rng.randint(5, 13)),  # after the first save (step 4), well before the epoch's end (18)
+        ("inside a write", rng.choice([20, 24, 28, 32])),
+        ("while training", rng.randint(39, 49)),  # epoch 2 is steps 37 to 54
+        ("inside a write", rng.choice([56, 60, 64, 68, 72])),  # 72: the best and last checkpoints of epoch 3's end
+    ]
     write_data_dir(tmp_path, files)
     checkpoints = tmp_path / "lightning_logs/version_0/checkpoints"
-    last, partial = checkpoints / "last.ckpt", checkpoints / ".last.ckpt.partial"
-    rng = random.Random(0)
-    kills, in_writes = 0, 0
+    saved = None  # the step in last.ckpt, once there is one
+    for n, (how, step) in enumerate(plan):
+        name, resume = f"run{n}", [] if saved is None else ["--ckpt_path=last"]
+        if how == "while training":
+            process = start(tmp_path, name, *resume)
+            kill_at_step(process, tmp_path, name, step)
+        else:
+            process = start(tmp_path, name, *resume, kill_in_write_at=step)
+            assert process.wait(timeout=300) == -signal.SIGKILL, printed(tmp_path, name)
+        taken = steps_taken(tmp_path, name)
+        where = f"random.Random({seed}), {name} killed {how} at step {step}, steps {taken[:1]}..{taken[-1:]}"
+        if saved is not None:
+            assert taken[0] == saved + 1, where  # it resumed where the checkpoint was written
+        saved = torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"]  # loadable
+        print(f"{where}: last.ckpt holds step {saved}")
+        if how == "while training":
+            assert saved >= last_save_by(step), (where, saved)
+        else:
+            assert saved == last_save_by(step - 1), (where, saved)  # the write of `step`'s never finished
+            assert list(checkpoints.glob(".*.partial")), f"{where}: no half-written file, the kill missed the write"
+    final = start(tmp_path, "final", "--ckpt_path=last")
+    assert final.wait(timeout=300) == 0, printed(tmp_path, "final")
+    assert steps_taken(tmp_path, "final")[0] == saved + 1
 
-    process = start(tmp_path)
-    while kills < 4:
-        during_write = kills % 2 == 1  # the second and fourth kills land inside a checkpoint write
-        condition = partial.exists if during_write else seconds_after_a_new(last, rng.uniform(0, 0.5))
-        if not kill_when(process, condition):
-            break  # it finished first
-        kills += 1
-        in_writes += during_write
-        assert torch.load(last, weights_only=True)["global_step"] > 0  # what the kill left is loadable
-        process = start(tmp_path, "--ckpt_path=last")
-    finish(process)
-
-    print(f"{kills} kills, {in_writes} inside a checkpoint write")
-    assert kills >= 3 and in_writes >= 1  # random moments and checkpoint writes, both
     script_fit.finished()
     reference = weights(script_fit.cwd)  # the same fit, never interrupted
     result = weights(tmp_path)
@@ -94,6 +121,7 @@ def test_sigkilled_runs_resume_to_the_same_weights(tmp_path, files, script_fit):
     for key, value in reference["state_dict"].items():
         assert torch.equal(value, result["state_dict"][key]), key
     assert sorted(os.listdir(tmp_path / "lightning_logs")) == ["version_0"]
+    assert not list(checkpoints.glob(".*.partial"))  # no half-written file left behind
 
 
 def test_the_console_has_no_advertisement_or_deprecation_noise_but_keeps_real_warnings(script_fit):

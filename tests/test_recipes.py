@@ -7,10 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.distributions import Normal, kl_divergence
 
 from bench.recipe_table import table
-from tests.conftest import run_cli, synthetic_mnist
+from tests.conftest import expected_test_metrics, run_cli, synthetic_mnist
 from vae.elbo import negative_elbo
 from vae.model import VAE, ResidualBlock
 from vae.module import TERMS, VAEModule
@@ -43,12 +45,23 @@ def test_the_training_objective_weights_the_kl_but_the_logged_loss_is_the_true_e
     torch.testing.assert_close(logged["train/loss"], loss.mean())
 
 
-def test_cosine_schedule_decays_the_learning_rate_over_the_run(tmp_path, monkeypatch, data_dir):
+def test_cosine_schedule_decays_the_learning_rate_step_by_step_over_the_run(tmp_path, monkeypatch, data_dir):
+    """lr_t = lr (1 + cos(pi t / T)) / 2 before optimiser step t, T the run's planned steps (2 epochs of 3)."""
     monkeypatch.chdir(tmp_path)
+    rates = []
+
+    def record(self, batch, batch_idx):
+        rates.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    monkeypatch.setattr(VAEModule, "on_train_batch_start", record)
     cli = run_cli("fit", "--trainer.max_epochs", "2", "--model.lr_schedule", "cosine", data_dir=data_dir)
-    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
-    assert lr == pytest.approx(0.0, abs=1e-9)  # 6 planned steps, all taken: down to 0
-    assert cli.trainer.lr_scheduler_configs[0].interval == "step"
+    after = cli.trainer.optimizers[0].param_groups[0]["lr"]
+    assert [*rates, after] == pytest.approx([1e-3 * (1 + math.cos(math.pi * t / 6)) / 2 for t in range(7)], abs=1e-12)
+
+
+def first_test_images(cli, n: int) -> torch.Tensor:
+    """The first `n` test images, as the test step sees them: floats in [0, 1], (n, 1, 28, 28)."""
+    return cli.datamodule.test_set.images[:n].unsqueeze(1).float() / 255
 
 
 def test_conv_model_trains_tests_and_keeps_its_architecture_on_resume(tmp_path, monkeypatch, data_dir):
@@ -56,6 +69,14 @@ def test_conv_model_trains_tests_and_keeps_its_architecture_on_resume(tmp_path, 
     run_cli("fit", "--trainer.max_epochs", "1", "--model.arch", "conv", data_dir=data_dir)
     cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
     assert cli.model.hparams.arch == "conv" and cli.trainer.global_step == 6
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    # the first 64 images (`limit_test_batches 1` would read as 1.0, the whole set)
+    test = ["--model.iw_samples", "2", "--trainer.limit_test_batches", "2"]
+    cli = run_cli("test", "--ckpt_path", str(last), *test, data_dir=data_dir)
+    record = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())
+    assert record["hparams"]["arch"] == "conv"
+    for name, value in expected_test_metrics(last, first_test_images(cli, 64), k=2, batch_size=32).items():
+        assert record["metrics"][name] == pytest.approx(value, rel=1e-5), name
 
 
 def test_early_stopping_as_the_docs_give_it_watches_each_epochs_val_loss_beside_the_runs_own_callbacks(
@@ -114,22 +135,30 @@ def test_free_bits_floor_the_trained_kl_but_the_logged_loss_is_the_true_elbo(mon
         torch.testing.assert_close(with_floor, without_kl)
 
 
-def test_training_on_the_importance_weighted_bound_minimises_a_tighter_bound_and_logs_the_elbo(monkeypatch):
-    x = digits(16)
-    objectives, losses = [], []
-    for seed in range(4):
-        module = module_at_step(0, train_iw_samples=16)
+def log_bernoulli(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) per image, written out: x log sigmoid(l) + (1 - x) log sigmoid(-l), summed over pixels."""
+    return (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).flatten(1).sum(1)
+
+
+def test_training_on_the_importance_weighted_bound_minimises_it_and_logs_the_elbo(monkeypatch):
+    """The objective is -log (1/k) sum_i w_i, averaged over the images, from the same k draws as the
+    logged -ELBO; each log w_i = log p(x|z_i) + log N(z_i; 0, I) - log q(z_i|x), from torch.distributions."""
+    x, k = digits(16), 16
+    for seed in range(2):
+        module = module_at_step(0, train_iw_samples=k)
         module._trainer.log_every_n_steps = 1
         logged = quiet(module, monkeypatch)
         torch.manual_seed(seed)
-        objectives.append(module.training_step((x, None), 0).item())
-        losses.append(logged["train/loss"].item())
-        torch.manual_seed(seed)  # the same 16 draws of noise, each scored as a one-sample -ELBO
+        objective = module.training_step((x, None), 0).item()
+        torch.manual_seed(seed)  # the same k draws of noise
         mu, logvar = module.model.encode(x)
-        z = mu + (0.5 * logvar).exp() * torch.randn(16, *mu.shape)
-        elbos = [negative_elbo(module.model.decode(z_i), x, mu, logvar)[0].mean() for z_i in z]
-        assert losses[-1] == pytest.approx(torch.stack(elbos).mean().item(), rel=1e-5)
-    assert sum(objectives) < sum(losses)  # E[-IWAE_16] <= -ELBO: the bound is tighter
+        q = Normal(mu, (0.5 * logvar).exp())
+        z = mu + q.scale * torch.randn(k, *mu.shape)
+        log_px_z = torch.stack([log_bernoulli(module.model.decode(z_i), x) for z_i in z])  # (k, B)
+        log_w = log_px_z + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+        assert objective == pytest.approx(-(torch.logsumexp(log_w, 0) - math.log(k)).mean().item(), rel=1e-5)
+        elbo_loss = -log_px_z.mean(0) + kl_divergence(q, Normal(0.0, 1.0)).sum(-1)  # analytic KL
+        assert logged["train/loss"].item() == pytest.approx(elbo_loss.mean().item(), rel=1e-5)
 
 
 def test_recipe_options_out_of_range_are_refused():
@@ -152,19 +181,29 @@ def reported_test_terms(module: VAEModule, x: torch.Tensor, k: int, seed: int) -
     return {term: module.metrics["test"][term].compute().item() for term in terms}
 
 
-def test_the_test_elbo_over_k_samples_is_the_one_sample_elbo_at_k_1_and_steadier_as_k_grows(monkeypatch):
+def test_the_test_terms_over_k_samples_are_the_means_over_those_samples(monkeypatch):
+    """From one set of k draws z_i = mu + sigma eps_i (eps_i drawn one (B, latent) tensor at a time):
+    test/recon is the mean over them of -log p(x|z_i), test/kl the analytic KL, test/loss their sum,
+    and test/nll -log (1/k) sum_i w_i; at k = 1 the draw is the one-sample pass's (k = 0)."""
+    torch.manual_seed(0)
     module = VAEModule(hidden_dim=32, latent_dim=4)
     quiet(module, monkeypatch)
-    x = digits(32)
+    x, k = digits(32), 8
     one_pass = reported_test_terms(module, x, k=0, seed=5)
     assert reported_test_terms(module, x, k=1, seed=5)["loss"] == pytest.approx(one_pass["loss"], rel=1e-6)
-    spread = {}
-    for k in (1, 32):
-        runs = [reported_test_terms(module, x, k, seed) for seed in range(6)]
-        spread[k] = torch.tensor([run["loss"] for run in runs]).std().item()
-        for run in runs:
-            assert run["loss"] == pytest.approx(run["recon"] + run["kl"], rel=1e-6)
-    assert spread[32] < spread[1] / 3  # 1/sqrt(32) in expectation
+
+    reported = reported_test_terms(module, x, k, seed=5)
+    with torch.no_grad():
+        mu, logvar = module.model.encode(x)
+        q = Normal(mu, (0.5 * logvar).exp())
+        torch.manual_seed(5)
+        z = torch.stack([mu + q.scale * torch.randn(mu.shape) for _ in range(k)])
+        log_px_z = torch.stack([log_bernoulli(module.model.decode(z_i), x) for z_i in z])  # (k, B)
+        log_w = log_px_z + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+    recon, kl = -log_px_z.mean(0), kl_divergence(q, Normal(0.0, 1.0)).sum(-1)
+    expected = {"recon": recon, "kl": kl, "loss": recon + kl, "nll": -(torch.logsumexp(log_w, 0) - math.log(k))}
+    for term, values in expected.items():
+        assert reported[term] == pytest.approx(values.mean().item(), rel=1e-5), term
 
 
 def test_residual_blocks_start_as_the_identity():
@@ -208,11 +247,14 @@ def test_resnet_with_free_bits_fits_and_tests_from_the_command_line(tmp_path, mo
     recipe = ["--model.arch", "resnet", "--model.free_bits", "0.1", "--model.kl_warmup_epochs", "1"]
     short = ["--trainer.limit_train_batches", "2"]
     run_cli("fit", "--trainer.max_epochs", "1", *recipe, *short, data_dir=data_dir)
+    last = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
     test = ["--model.iw_samples", "3", "--trainer.limit_test_batches", "2"]
-    run_cli("test", "--ckpt_path", "last", *test, data_dir=data_dir)
+    cli = run_cli("test", "--ckpt_path", "last", *test, data_dir=data_dir)
     record = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())
     assert record["hparams"]["arch"] == "resnet" and record["hparams"]["free_bits"] == 0.1
-    assert all(math.isfinite(record["metrics"][f"test/{term}"]) for term in ("loss", "recon", "kl", "nll"))
+    for name, value in expected_test_metrics(last, first_test_images(cli, 64), k=3, batch_size=32).items():
+        assert record["metrics"][name] == pytest.approx(value, rel=1e-5), name
 
 
 def test_the_results_table_gives_every_seed_and_their_mean_and_spread():

@@ -89,6 +89,15 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_exception(trainer, pl_module, exception)
         self._release_stop_signals()
 
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        """A fit is the one writer of its run's checkpoints: it removes the hidden partial files that a
+        SIGKILL in the middle of a write left behind (`SafeCheckpointIO`; a kill skips its clean-up). A
+        `last.ckpt` one is replaced at the next save anyway, but a `best-epochNNN.ckpt` one would stay."""
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath is not None:
+            for stale in Path(self.dirpath).glob(partial_file(Path("*")).name):  # .*.partial
+                stale.unlink(missing_ok=True)
+
     def on_train_batch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_start(trainer, *args, **kwargs)
         self._step_before_batch = trainer.global_step
@@ -198,7 +207,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
+        partial = partial_file(path)
         try:
             with open(partial, "wb") as f:
                 torch.save(checkpoint, f)
@@ -221,6 +230,11 @@ class SafeCheckpointIO(TorchCheckpointIO):
         this without one): a checkpoint written on a GPU then loads on a machine without one, and under
         DDP each rank's weights reach its own device through `load_state_dict`, not all cuda:0."""
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def partial_file(path: Path) -> Path:
+    """Where `SafeCheckpointIO` writes `path` before renaming it into place: a hidden file beside it."""
+    return path.with_name(f".{path.name}.partial")
 
 
 def _fsync_folder(folder: Path) -> None:
