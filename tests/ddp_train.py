@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tests.conftest import synthetic_files
 from vae import cli, mnist_files
 from vae.checkpoints import SafeCheckpointIO
-from vae.data import InMemoryMNIST
+from vae.data import InMemoryImages
 from vae.model import VAE
 
 _vae_forward = VAE.forward
@@ -75,13 +75,13 @@ def main() -> None:
             record["fetched"].append(name)
             (dest / name).write_bytes(files[name])
 
-    dataloader_iter, getitems = DataLoader.__iter__, InMemoryMNIST.__getitems__
+    dataloader_iter, getitems = DataLoader.__iter__, InMemoryImages.__getitems__
 
     def recording_iter(self: DataLoader):
         record["passes"].append({"sampler": type(self.sampler).__name__, "size": len(self.dataset), "batches": []})
         return dataloader_iter(self)
 
-    def recording_getitems(self: InMemoryMNIST, indices: list[int]):
+    def recording_getitems(self: InMemoryImages, indices: list[int]):
         record["passes"][-1]["batches"].append([int(i) for i in indices])
         return getitems(self, indices)
 
@@ -93,7 +93,7 @@ def main() -> None:
     mnist_files.FETCHERS = (fake_mirror,)
     VAE.forward = posterior_mean_in_eval
     DataLoader.__iter__ = recording_iter
-    InMemoryMNIST.__getitems__ = recording_getitems
+    InMemoryImages.__getitems__ = recording_getitems
     atexit.register(write_record)
     if "SIGKILL_IN_WRITE_AT_STEP" in os.environ:
         step = int(os.environ["SIGKILL_IN_WRITE_AT_STEP"])

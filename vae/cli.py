@@ -15,9 +15,10 @@ Lightning traps this file designs around:
 - With `--ckpt_path`, the checkpoint's saved hyperparameters override the command line, so
   `test --ckpt_path X --model.iw_samples 5000` would silently use the k the model was trained
   with. Here evaluation settings (`EVALUATION_SETTINGS`) keep the command line's value.
-- The data a checkpoint was trained on is not restored at all. Here the checkpoint's data options
-  (`DATA_OF_THE_RUN`) become the defaults, so that an option given (on the command line or in a
-  config file) wins, even at its usual default value, and one not given is the checkpoint's.
+- The data a checkpoint was trained on is not restored at all. Here the checkpoint's data source
+  and its options (all but `SERVING_OPTIONS`) become the defaults, so that an option given (on the
+  command line or in a config file) wins, even at its usual default value, and one not given is
+  the checkpoint's. Data of another image shape than the checkpoint's is refused in one line.
 
 Checks of the command line (`vae.cli_checks`) run before anything is built, so a mistake stops
 with one line and no run directory.
@@ -26,7 +27,7 @@ with one line and no run directory.
 import sys
 from pathlib import Path
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -57,18 +58,21 @@ from vae.cli_checks import (
 )
 from vae.console import quiet_console
 from vae.data import MNISTDataModule
+from vae.data_files import DataFilesError
 from vae.module import VAEModule
 from vae.predictions import PredictionsFile
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGS_DIR = "lightning_logs"
+MNIST = f"{MNISTDataModule.__module__}.{MNISTDataModule.__name__}"  # the default data source
 PROGRESS_BAR_REFRESH_STEPS = 10
 # Model options that say how to evaluate or run, not what was trained: never taken from a checkpoint.
 EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
 # Model options that fix the shapes of the weights: a checkpoint cannot be loaded into others.
 WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim")
-# Data options that say what the model was trained and validated on: a checkpoint supplies them.
-DATA_OF_THE_RUN = ("binarize", "val_size", "split_seed")
+# Data options that say where the files are and how to serve them, not what the model was trained
+# and validated on: never taken from a checkpoint (every other option of its data source is).
+SERVING_OPTIONS = ("data_dir", "batch_size", "on_device")
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -85,7 +89,8 @@ class VAECLI(LightningCLI):
         quiet_console()
         super().__init__(
             VAEModule,
-            MNISTDataModule,
+            LightningDataModule,
+            subclass_mode_data=True,
             parser_class=OneLineErrorParser,
             save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
@@ -114,6 +119,8 @@ class VAECLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # `--data CLASS` chooses the source (a short name for the classes in vae.data), MNIST by default
+        parser.set_defaults({"data": {"class_path": MNIST}})
         # configurable as --checkpoint.*, e.g. --checkpoint.save_last_every_n_steps 500
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         # configurable as --images.*, e.g. --images.every_n_epochs 5
@@ -172,7 +179,9 @@ class VAECLI(LightningCLI):
         trained = saved.get("hyper_parameters", {})
         data = saved.get("datamodule_hyper_parameters", {})
         defaults = {f"model.{name}": trained[name] for name in WEIGHT_SHAPE_OPTIONS if name in trained}
-        defaults |= {f"data.{name}": data[name] for name in DATA_OF_THE_RUN if name in data}
+        if data:  # a checkpoint from before `--data CLASS` has no `_class_path`: it was MNIST
+            options = {k: v for k, v in data.items() if not k.startswith("_") and k not in SERVING_OPTIONS}
+            defaults["data"] = {"class_path": data.get("_class_path", MNIST), "init_args": options}
         if defaults:
             self._parser(self.config.subcommand).set_defaults(defaults)
             super().parse_arguments(parser, args)
@@ -217,6 +226,13 @@ class VAECLI(LightningCLI):
         """Once the Trainer knows its number of processes: may a resumed fit continue on it?"""
         if self._resumed is not None:
             check_processes(*self._resumed, self.trainer.world_size)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Data files that are missing, unreadable or do not fit the options: one line, no traceback."""
+        try:
+            super()._run_subcommand(subcommand)
+        except DataFilesError as err:
+            raise SystemExit(f"error: {err}") from None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer's own checks of its options, as one line naming the option (`vae.cli_checks`)."""
