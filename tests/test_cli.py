@@ -105,7 +105,7 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_ru
     # the images, per dimension and summed.
     model = VAEModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).model.eval()
     with torch.no_grad():
-        mu, logvar = model.encode(cli.datamodule.test_set.images.unsqueeze(1).float() / 255)
+        mu, logvar = model.encode(cli.datamodule.test_set.images.float() / 255)
     assert len(mu) == TEST_SIZE
     kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean(0)
     assert [record["metrics"][name] for name in kl_per_dim] == pytest.approx(kl.tolist(), rel=1e-5)

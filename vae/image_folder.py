@@ -131,8 +131,9 @@ def _refuse_what_will_not_fit(root: Path, n: int, bytes_per_image: int) -> None:
     needed, available = n * bytes_per_image, memory_bytes()
     if available and needed > MEMORY_SHARE * available:
         raise DataFilesError(
-            f"--data.root {root}: {n} images of {bytes_per_image} bytes need {needed / 2**30:.1f} GiB in memory, more "
-            f"than half of this machine's {available / 2**30:.1f} GiB. Use a smaller --data.image_size or fewer images."
+            f"--data.root {root}: {n} images of {bytes_per_image} bytes need {needed / 2**20:,.1f} MiB in memory, "
+            f"more than half of this machine's {available / 2**20:,.1f} MiB. Use a smaller --data.image_size or fewer "
+            f"images."
         )
 
 
