@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vae.cifar10_files import cifar10_dir, read_cifar10, require_cifar10
 from vae.data_files import DataFilesError
-from vae.image_folder import CACHE_FOLDER, read_folder
+from vae.image_folder import CACHE_FOLDER, cache_folder, read_folder
 from vae.mnist_files import ensure_mnist, raw_dir, read_idx_set, require_idx_files
 from vae.resumable import ResumableDataLoader, ResumableSampler
 
@@ -376,19 +376,16 @@ class ImageFolderDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         """Decode the folder into the cache, if it is not there: once per machine (local rank 0)."""
-        self._read_folder()
+        cache_folder(self.root, self.image_size, self.channels, self.data_dir / CACHE_FOLDER)
 
     def read(self) -> Splits:
-        splits = self._read_folder()
+        splits = read_folder(self.root, self.image_size, self.channels, self.data_dir / CACHE_FOLDER)
         where = self.root if "" in splits else self.root / "train"
         train = splits.get("", splits.get("train"))
         test = splits.get("test")
         if test is None:
             test, train = self._hold_out(*train, self.test_size, where)
         return Splits(*train, *test, where, *splits.get("val", (None, None)))
-
-    def _read_folder(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return read_folder(self.root, self.image_size, self.channels, self.data_dir / CACHE_FOLDER)
 
     def _hold_out(self, images: torch.Tensor, labels: torch.Tensor, n: int, where: Path) -> tuple[tuple, tuple]:
         """(n images chosen by `split_seed`, the rest), each as (images, labels)."""

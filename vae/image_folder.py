@@ -34,7 +34,8 @@ CACHE_FORMAT = 1  # part of every cache file's name: a change of the decoding gi
 # A set may take at most this share of the machine's memory as uint8 (training needs the rest).
 MEMORY_SHARE = 0.5
 
-Listing = dict[str, list[tuple[Path, str | None]]]  # split ("" when there are none) -> (file, class or None)
+# split ("" when there are none) -> its images as (path relative to the root, size, mtime in ns, class or None)
+Listing = dict[str, list[tuple[str, int, int, str | None]]]
 
 
 def list_images(root: Path) -> Listing:
@@ -42,7 +43,7 @@ def list_images(root: Path) -> Listing:
     if not root.is_dir():
         raise DataFilesError(f"--data.root {root} is not a folder: give the folder that holds your images.")
     splits = [s for s in SPLITS if (root / s).is_dir()] if (root / "train").is_dir() else [""]
-    listing = {split: _images_in(root / split) for split in splits}
+    listing = {split: _images_in(root, split) for split in splits}
     if not any(listing.values()):
         raise DataFilesError(
             f"--data.root {root} holds no image ({', '.join(EXTENSIONS)} files, directly or in class subfolders)."
@@ -52,39 +53,51 @@ def list_images(root: Path) -> Listing:
     return listing
 
 
-def _images_in(folder: Path) -> list[tuple[Path, str | None]]:
+def _images_in(root: Path, split: str) -> list[tuple[str, int, int, str | None]]:
+    """os.scandir rather than Path.rglob: a folder of 70,000 images is listed and stat'ed several times faster."""
     found = []
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in EXTENSIONS and path.is_file():
-            relative = path.relative_to(folder).parts
-            found.append((path, relative[0] if len(relative) > 1 else None))
+
+    def walk(relative: str, label: str | None) -> None:
+        with os.scandir(root / relative) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                path = f"{relative}/{entry.name}" if relative else entry.name
+                if entry.is_dir():
+                    walk(path, label if label is not None or relative != split else entry.name)
+                elif entry.name.lower().endswith(EXTENSIONS) and entry.is_file():
+                    stat = entry.stat()
+                    found.append((path, stat.st_size, stat.st_mtime_ns, label))
+
+    walk(split, None)
     return found
+
+
+def cache_folder(root: Path, image_size: int, channels: int, cache_dir: Path) -> tuple[Listing, Path]:
+    """The folder's listing and its cache file, decoding the images into it first if it is not there."""
+    listing = list_images(root)
+    found = [image for images in listing.values() for image in images]
+    options = [CACHE_FORMAT, str(root.resolve()), image_size, channels]
+    prefix = _digest(options)
+    cache = cache_dir / f"{prefix}-{_digest([options, found])}.pt"
+    if not cache.is_file():
+        _refuse_what_will_not_fit(root, len(found), channels * image_size * image_size)
+        _write_cache(cache, decode_all([root / path for path, *_ in found], image_size, channels), prefix)
+    return listing, cache
 
 
 def read_folder(
     root: Path, image_size: int, channels: int, cache_dir: Path
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each split's images, uint8 (N, channels, image_size, image_size), and labels (int64, -1: no
-    class): from the cache when the files are unchanged, else decoded and cached."""
-    listing = list_images(root)
-    files = [path for found in listing.values() for path, _ in found]
-    classes = sorted({label for found in listing.values() for _, label in found if label is not None})
+    class; else the class's position among the sorted class names), through the cache."""
+    listing, cache = cache_folder(root, image_size, channels, cache_dir)
+    images = torch.load(cache, weights_only=True)
+    classes = sorted({label for found in listing.values() for *_, label in found if label is not None})
     index = {name: i for i, name in enumerate(classes)}
-    options = [CACHE_FORMAT, str(root.resolve()), image_size, channels]
-    stats = [(str(path.relative_to(root)), *_size_and_mtime(path)) for path in files]
-    prefix = _digest(options)
-    cache = cache_dir / f"{prefix}-{_digest([options, stats])}.pt"
-    if cache.is_file():
-        images = torch.load(cache, weights_only=True)
-    else:
-        _refuse_what_will_not_fit(root, len(files), channels * image_size * image_size)
-        images = decode_all(files, image_size, channels)
-        _write_cache(cache, images, prefix)
     result, start = {}, 0
     for split, found in listing.items():
-        labels = torch.tensor([index[label] if label is not None else -1 for _, label in found], dtype=torch.long)
-        result[split] = images[start : start + len(found)], labels
-        start += len(found)
+        labels = [index[label] if label is not None else -1 for *_, label in found]
+        result[split] = images[start : start + len(labels)], torch.tensor(labels, dtype=torch.long)
+        start += len(labels)
     return result
 
 
@@ -135,11 +148,6 @@ def _refuse_what_will_not_fit(root: Path, n: int, bytes_per_image: int) -> None:
             f"more than half of this machine's {available / 2**20:,.1f} MiB. Use a smaller --data.image_size or fewer "
             f"images."
         )
-
-
-def _size_and_mtime(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
 
 
 def _digest(value: object) -> str:
