@@ -3,16 +3,20 @@
 Every file here is written by the tests: tiny IDX sets, CIFAR-format batches and PNG/JPEG folders.
 """
 
+import math
 import os
 import pickle
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TEST_SIZE, TRAIN_SIZE
+from tests.conftest import TEST_SIZE, TRAIN_SIZE, fit_in_a_new_folder, run_cli
 from vae import image_folder
+from vae.checkpoints import CheckpointError
 from vae.cifar10_files import TEST_BATCH, TRAIN_BATCHES, read_cifar10
 from vae.data import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule, KMNISTDataModule
 from vae.data_files import DataFilesError
@@ -234,3 +238,60 @@ def test_a_folder_too_big_for_memory_is_refused_with_its_size(folder, tmp_path, 
 def test_bad_folder_options_are_refused_by_name(folder, tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
         folder_module(folder, tmp_path, **options)
+
+
+# --- the command line: choosing a source, and its checkpoints ------------------------------------------
+
+FOLDER_RUN = ["--data", "ImageFolderDataModule", "--data.image_size", "8", "--data.val_size", "10"]
+FOLDER_RUN += ["--model.likelihood", "logistic", "--trainer.max_epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory, files) -> SimpleNamespace:
+    """`train.py --data ImageFolderDataModule --data.root IMAGES` on a small RGB folder, 3 steps."""
+    images = tmp_path_factory.mktemp("images")
+    write_folder(images, {"train": 30, "test": 6})
+    root, _ = fit_in_a_new_folder(tmp_path_factory, files, "folder-run", *FOLDER_RUN, "--data.root", str(images))
+    return SimpleNamespace(images=images, logs=root / "lightning_logs")
+
+
+@pytest.fixture
+def folder_run_here(folder_run, tmp_path, monkeypatch) -> Path:
+    """A copy of `folder_run`'s logs in the working directory (with MNIST's synthetic `data/`): its last.ckpt."""
+    shutil.copytree(folder_run.logs, tmp_path / "lightning_logs")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+
+
+def test_a_folder_run_is_tested_on_its_own_data_from_the_checkpoint_alone(folder_run, folder_run_here, data_dir):
+    saved = torch.load(folder_run_here, weights_only=True)
+    assert tuple(saved["hyper_parameters"]["image_shape"]) == (3, 8, 8)  # linked from the data, kept for loading
+    test = ["test", "--ckpt_path", str(folder_run_here), "--model.iw_samples", "2", "--data.val_size", "10"]
+    cli = run_cli(*test, data_dir=data_dir)  # (run_cli gives MNIST's --data.val_size 64: more than this folder has)
+    assert isinstance(cli.datamodule, ImageFolderDataModule) and cli.datamodule.root == folder_run.images
+    assert cli.datamodule.image_shape == (3, 8, 8) and len(cli.datamodule.test_set) == 12
+    metrics = cli.trainer.callback_metrics
+    assert metrics["test/nll_bpd"].item() == pytest.approx(metrics["test/nll"].item() / (3 * 8 * 8 * math.log(2)))
+
+
+@pytest.mark.parametrize(
+    "data", [["--data.image_size", "16"], ["--data", "MNISTDataModule"]], ids=["another size", "another source"]
+)
+def test_data_of_another_shape_than_the_checkpoints_is_refused_in_one_line(folder_run_here, data_dir, data):
+    run = folder_run_here.parents[1]
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(CheckpointError, match="holds a model of 3x8x8 images, but the data given .* has") as err:
+        run_cli("test", "--ckpt_path", str(folder_run_here), *data, data_dir=data_dir)
+    assert "\n" not in str(err.value.code)
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_cifar10_trains_and_tests_from_the_checkpoint(tmp_path, monkeypatch, data_dir):
+    monkeypatch.chdir(tmp_path)
+    write_cifar(data_dir)
+    cifar = ["--data", "CIFAR10DataModule", "--data.val_size", "20", "--model.likelihood", "logistic"]
+    run_cli("fit", *cifar, "--trainer.max_epochs", "1", data_dir=data_dir)
+    ckpt = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
+    cli = run_cli("test", "--ckpt_path", str(ckpt), "--model.iw_samples", "2", data_dir=data_dir)
+    assert isinstance(cli.datamodule, CIFAR10DataModule) and cli.datamodule.image_shape == (3, 32, 32)
+    assert len(cli.datamodule.test_set) == CIFAR_PER_BATCH and "test/nll_bpd" in cli.trainer.callback_metrics

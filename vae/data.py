@@ -30,8 +30,9 @@ not depend on `split_seed` or `val_size`. Binary images are stored as 0/255 uint
 same path to the device as grey ones.
 """
 
+import importlib
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -45,6 +46,7 @@ from vae.mnist_files import ensure_mnist, raw_dir, read_idx_set, require_idx_fil
 from vae.resumable import ResumableDataLoader, ResumableSampler
 
 MNIST_TRAIN_IMAGES = 60_000
+DEFAULT_SOURCE = "vae.data.MNISTDataModule"  # what `--data` is when not given, and what older checkpoints used
 
 BINARIZE_MODES = ("none", "dynamic", "static")
 BINARIZE_SEED = 0
@@ -397,3 +399,14 @@ class ImageFolderDataModule(ImageDataModule):
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         held, rest = order[:n], order[n:]
         return (images[held], labels[held]), (images[rest], labels[rest])
+
+
+def datamodule_of_run(saved: dict[str, Any], **options: Any) -> LightningDataModule:
+    """The data module a checkpoint's run trained on, from its `datamodule_hyper_parameters` (the
+    source's class path, which LightningCLI saves as `_class_path`, and its options), with `options`
+    replacing some of them (say `data_dir`). A checkpoint from before `--data CLASS` was MNIST."""
+    module, _, name = saved.get("_class_path", DEFAULT_SOURCE).rpartition(".")
+    source = getattr(importlib.import_module(module), name)
+    if not (isinstance(source, type) and issubclass(source, LightningDataModule)):
+        raise DataFilesError(f"The checkpoint's data source {module}.{name} is not a LightningDataModule.")
+    return source(**({k: v for k, v in saved.items() if not k.startswith("_")} | options))
