@@ -18,7 +18,13 @@ from tests.conftest import TEST_SIZE, TRAIN_SIZE, fit_in_a_new_folder, run_cli
 from vae import image_folder
 from vae.checkpoints import CheckpointError
 from vae.cifar10_files import TEST_BATCH, TRAIN_BATCHES, read_cifar10
-from vae.data import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule, KMNISTDataModule
+from vae.data import (
+    CIFAR10DataModule,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    KMNISTDataModule,
+    datamodule_of_run,
+)
 from vae.data_files import DataFilesError
 from vae.mnist_files import raw_dir
 
@@ -148,6 +154,10 @@ def test_a_folder_gives_labels_by_class_converted_resized_images_and_its_own_spl
     grey_dm = folder_module(folder, tmp_path, channels=1, image_size=10)
     grey_dm.setup("test")
     assert grey_dm.test_set.images.shape == (12, 1, 10, 10)
+    write_folder(folder, {"val": 4})  # a val/ folder is the validation set: nothing held out of train/
+    with_val = folder_module(folder, tmp_path)
+    with_val.setup("fit")
+    assert (len(with_val.train_set), len(with_val.val_set), len(with_val.test_set)) == (60, 8, 12)
 
 
 def test_an_image_already_at_the_size_keeps_its_exact_pixels(tmp_path):
@@ -266,6 +276,10 @@ def folder_run_here(folder_run, tmp_path, monkeypatch) -> Path:
 def test_a_folder_run_is_tested_on_its_own_data_from_the_checkpoint_alone(folder_run, folder_run_here, data_dir):
     saved = torch.load(folder_run_here, weights_only=True)
     assert tuple(saved["hyper_parameters"]["image_shape"]) == (3, 8, 8)  # linked from the data, kept for loading
+    dm = datamodule_of_run(saved["datamodule_hyper_parameters"], data_dir=str(data_dir))  # as sample.py builds it
+    assert isinstance(dm, ImageFolderDataModule) and (dm.root, dm.image_size, dm.val_size) == (folder_run.images, 8, 10)
+    with pytest.raises(DataFilesError, match="mypackage.Faces is not imported"):
+        datamodule_of_run({"_class_path": "mypackage.Faces"})
     test = ["test", "--ckpt_path", str(folder_run_here), "--model.iw_samples", "2", "--data.val_size", "10"]
     cli = run_cli(*test, data_dir=data_dir)  # (run_cli gives MNIST's --data.val_size 64: more than this folder has)
     assert isinstance(cli.datamodule, ImageFolderDataModule) and cli.datamodule.root == folder_run.images

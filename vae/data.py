@@ -30,7 +30,6 @@ not depend on `split_seed` or `val_size`. Binary images are stored as 0/255 uint
 same path to the device as grey ones.
 """
 
-import importlib
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -103,6 +102,12 @@ def binarized(images: torch.Tensor, seed: int) -> torch.Tensor:
     """
     r = torch.randint(0, 255, images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     return (r < images).to(torch.uint8) * 255
+
+
+def seeded_split(n: int, held: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of `held` of `n` items chosen by `seed`, and of the others: the same for the same three numbers."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:held], order[held:]
 
 
 def _already_a_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,8 +199,7 @@ class ImageDataModule(LightningDataModule):
             val_images = None if val_images is None else binarized(val_images, BINARIZE_SEED + 2)
         train_images = binary if self.binarize == "static" else images
         if val_images is None:
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
-            val, train = order[: self.val_size], order[self.val_size :]
+            val, train = seeded_split(len(labels), self.val_size, self.split_seed)
             self.train_set = InMemoryImages(train_images[train], labels[train])
             self.val_set = InMemoryImages(binary[val], labels[val])
         else:
@@ -396,17 +400,23 @@ class ImageFolderDataModule(ImageDataModule):
                 f"--data.test_size {n} leaves no training images: the test images are taken from the {len(labels)} "
                 f"images in {where}. Use a smaller --data.test_size, or put test images in {self.root}/test/."
             )
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
-        held, rest = order[:n], order[n:]
+        held, rest = seeded_split(len(labels), n, self.split_seed)
         return (images[held], labels[held]), (images[rest], labels[rest])
 
 
 def datamodule_of_run(saved: dict[str, Any], **options: Any) -> LightningDataModule:
     """The data module a checkpoint's run trained on, from its `datamodule_hyper_parameters` (the
     source's class path, which LightningCLI saves as `_class_path`, and its options), with `options`
-    replacing some of them (say `data_dir`). A checkpoint from before `--data CLASS` was MNIST."""
-    module, _, name = saved.get("_class_path", DEFAULT_SOURCE).rpartition(".")
-    source = getattr(importlib.import_module(module), name)
-    if not (isinstance(source, type) and issubclass(source, LightningDataModule)):
-        raise DataFilesError(f"The checkpoint's data source {module}.{name} is not a LightningDataModule.")
-    return source(**({k: v for k, v in saved.items() if not k.startswith("_")} | options))
+    replacing some of them (say `data_dir`). A checkpoint from before `--data CLASS` was MNIST.
+
+    The class is looked up among the LightningDataModules already imported (those here, and your
+    own once you import it), never imported by a name a checkpoint gives: a file is not code."""
+    wanted = saved.get("_class_path", DEFAULT_SOURCE)
+    known, found = [LightningDataModule], {}
+    while known:
+        source = known.pop()
+        found[f"{source.__module__}.{source.__qualname__}"] = source
+        known += source.__subclasses__()
+    if wanted not in found:
+        raise DataFilesError(f"The checkpoint's data source {wanted} is not imported: import its module first.")
+    return found[wanted](**({k: v for k, v in saved.items() if not k.startswith("_")} | options))
