@@ -309,3 +309,12 @@ def test_cifar10_trains_and_tests_from_the_checkpoint(tmp_path, monkeypatch, dat
     cli = run_cli("test", "--ckpt_path", str(ckpt), "--model.iw_samples", "2", data_dir=data_dir)
     assert isinstance(cli.datamodule, CIFAR10DataModule) and cli.datamodule.image_shape == (3, 32, 32)
     assert len(cli.datamodule.test_set) == CIFAR_PER_BATCH and "test/nll_bpd" in cli.trainer.callback_metrics
+
+
+def test_a_size_the_architecture_cannot_take_is_one_line_before_a_run_exists(folder, tmp_path, monkeypatch, data_dir):
+    monkeypatch.chdir(tmp_path)
+    folder_options = ["--data", "ImageFolderDataModule", "--data.root", str(folder), "--data.image_size", "10"]
+    with pytest.raises(SystemExit) as err:
+        run_cli("fit", *folder_options, "--data.val_size", "10", "--model.arch", "conv", data_dir=data_dir)
+    assert "10x10" in str(err.value.code) and "\n" not in str(err.value.code)
+    assert not (tmp_path / "lightning_logs").exists() and not (data_dir / "image_folder_cache").exists()
