@@ -51,11 +51,11 @@ def test_each_value_has_the_logistic_mass_of_its_bin(mean, log_scale):
 
 def test_a_bin_far_in_a_tail_gets_its_log_probability_not_log_zero():
     """Value 200 under a logistic at 0 of scale 0.01, 78 scales away: in float32 both CDFs round to 1
-    and their difference to 0. The exact value from the upper tails, sigma(-l) - sigma(-u), in float64."""
+    and their difference to 0. The exact value from the upper tails, sigma(-lower) - sigma(-upper), in float64."""
     scale = 0.01
     log_p = every_value_under(0.0, math.log(scale), torch.float32)[200]
-    u, l = (200 / 255 + 0.5 / 255) / scale, (200 / 255 - 0.5 / 255) / scale
-    exact = math.log(1 / (1 + math.exp(l)) - 1 / (1 + math.exp(u)))
+    upper, lower = (200 / 255 + 0.5 / 255) / scale, (200 / 255 - 0.5 / 255) / scale
+    exact = math.log(1 / (1 + math.exp(lower)) - 1 / (1 + math.exp(upper)))
     assert math.isfinite(log_p.item()) and abs(log_p.item() - exact) < 1e-4 * abs(exact)
 
 
