@@ -144,6 +144,7 @@ def _output_bias_layer(decoder: nn.Module, outputs: int) -> nn.Module | None:
 
 
 def _checked_shape(image_shape) -> tuple[int, int, int]:
+    """(C, H, W) as a tuple (a checkpoint or the command line may give a list), or a one-line error."""
     shape = tuple(image_shape)
     if len(shape) != 3 or not all(isinstance(n, int) and n > 0 for n in shape):
         raise ValueError(
@@ -209,7 +210,8 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def init_output_bias(self, pixel_mean: torch.Tensor) -> None:
-        """Start the decoder at the data's marginal: p(x|z)'s mean is each sub-pixel's mean (C, H, W).
+        """Start the decoder at the data's marginal, from each sub-pixel's mean (C, H, W): the
+        Bernoulli's mean is it, the logistic is centred on it (`Likelihood.start`).
 
         Before any learning, every reconstruction is then the average image rather than grey
         noise, which removes the first epoch's detour (Burda et al. 2015 initialise this way).

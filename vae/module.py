@@ -67,8 +67,8 @@ class VAEModule(LightningModule):
             (Burda et al. 2015's IWAE) instead of the ELBO: tighter, so the model is fitted to a
             better estimate of log p(x), at k decoder passes per image. The KL weight (beta, warm-up)
             scales log p(z) - log q(z|x) inside each weight. 1: the ELBO, with its analytic KL.
-        init_output_bias: start the decoder's output bias so that p(x|z)'s mean is each sub-pixel's
-            mean over the training images (taken from the datamodule's `pixel_mean()`); a
+        init_output_bias: start the decoder's output bias at each sub-pixel's mean over the training
+            images (the datamodule's `pixel_mean()`): the Bernoulli's mean, the logistic's centre; a
             checkpoint's weights, when resuming, replace it.
         iw_samples: importance samples per test image for `test/nll` (0: no `test/nll`). An evaluation
             setting, not part of the trained model: `test` takes it from the command line, never
