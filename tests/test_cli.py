@@ -97,7 +97,7 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_ru
     cli = run_cli("test", "--ckpt_path", str(ckpt), "--data.batch_size", "48", data_dir=data_dir)
     record = json.loads((in_tmp / "lightning_logs/version_0/test_metrics.json").read_text())
     kl_per_dim = [f"test_kl_per_dim/z{u:02d}" for u in range(4)]
-    terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/active_units"}
+    terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/nll_bpd", "test/active_units"}
     assert set(record["metrics"]) == terms | set(kl_per_dim)
     for name, value in record["metrics"].items():  # the numbers the printed table showed
         assert value == cli.trainer.callback_metrics[name].item(), name
