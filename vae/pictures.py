@@ -68,7 +68,7 @@ def latent_scatter(model: VAE, x: torch.Tensor, labels: torch.Tensor, size: int 
     No plotting library: dots are set straight into an image tensor. Faint lines mark every
     integer value of z1 and z2, darker at 0; z1 runs left to right, z2 bottom to top. The legend,
     in a column on the right, is the mean image of each of the labels 0-9, 0 at the top: a grey
-    image as ink in the label's colour on white, a colour image as it is.
+    image as ink in the label's colour on white, a colour image as it is, framed in that colour.
     """
     if model.latent_dim != 2:
         raise ValueError(f"a latent scatter needs latent_dim 2, this model has {model.latent_dim}.")
@@ -94,9 +94,12 @@ def latent_scatter(model: VAE, x: torch.Tensor, labels: torch.Tensor, size: int 
     for label in range(10):
         if (labels == label).any():
             mean_image = x[labels == label].mean(0)  # (C, H, W) in [0, 1]
-            if len(mean_image) == 1:  # grey: the image's ink in the label's colour on white
-                mean_image = 1 - mean_image * (1 - PALETTE[label].view(3, 1, 1))
-            legend[:, label * tile : (label + 1) * tile] = torch.nn.functional.interpolate(
-                mean_image.unsqueeze(0), size=(tile, tile), mode="bilinear"
-            )[0]
+            colour, grey = PALETTE[label].view(3, 1, 1), len(mean_image) == 1
+            if grey:  # the image's ink in the label's colour on white
+                mean_image = 1 - mean_image * (1 - colour)
+            cell = legend[:, label * tile : (label + 1) * tile]
+            cell[:] = torch.nn.functional.interpolate(mean_image.unsqueeze(0), size=(tile, tile), mode="bilinear")[0]
+            if not grey:  # the image as it is, framed in the label's colour
+                frame = max(1, tile // 14)
+                cell[:, :frame], cell[:, -frame:], cell[:, :, :frame], cell[:, :, -frame:] = (colour,) * 4
     return torch.cat([canvas, legend], dim=2)
