@@ -18,7 +18,7 @@ from vae.callbacks import ImageGrids, LatentProjector
 from vae.elbo import negative_elbo
 from vae.model import VAE
 from vae.module import VAEModule
-from vae.pictures import latent_scatter, manifold_grid
+from vae.pictures import PALETTE, latent_scatter, manifold_grid
 
 RGB = (3, 8, 8)
 
@@ -180,5 +180,6 @@ def test_the_2d_latent_pictures_of_colour_images():
     red = torch.zeros(6, *RGB)
     red[:, 0] = 1.0
     scatter = latent_scatter(model, red, torch.tensor([0, 0, 0, 12, 12, 12]), size=100)  # labels beyond ten
-    legend = scatter[:, :10, 100:]  # label 0's tile: the mean image itself, not tinted
-    torch.testing.assert_close(legend.mean((1, 2)), torch.tensor([1.0, 0.0, 0.0]))
+    tile = scatter[:, :10, 100:]  # label 0's: the mean image itself, not tinted, framed in the label's colour
+    torch.testing.assert_close(tile[:, 2:8, 2:8].mean((1, 2)), torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(tile[:, 0, 0], PALETTE[0])

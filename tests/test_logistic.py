@@ -117,3 +117,18 @@ def test_the_default_module_trains_on_the_bernoulli_elbo():
     kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1)
     torch.testing.assert_close(loss, kl - log_px_z)
     torch.testing.assert_close(objective, (kl - log_px_z).mean())
+
+
+def test_a_half_precision_decoder_output_is_evaluated_in_float32():
+    """Under bf16 autocast the decoder's output is bfloat16, whose resolution near 1 is about one
+    8-bit level: the likelihood must still be the float32 one of that output."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 8, 8), generator=g) / 255
+    params = torch.cat([torch.rand(8, 3, 8, 8, generator=g), -4 + torch.rand(8, 3, 8, 8, generator=g)], 1)
+    params = params.bfloat16()
+    expected = discretized_logistic_log_likelihood(params.float(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_p = discretized_logistic_log_likelihood(params, x)
+    assert log_p.dtype == torch.float32
+    torch.testing.assert_close(log_p, expected)
+    torch.testing.assert_close(discretized_logistic_mean(params), discretized_logistic_mean(params.float()))

@@ -63,6 +63,11 @@ def _log1mexp(log_d: torch.Tensor) -> torch.Tensor:
     return torch.where(small, log_d - d / 2, torch.log(-torch.expm1(-d.clamp(min=math.exp(-10)))))
 
 
+def _at_least_float32(params: torch.Tensor) -> torch.Tensor:
+    """A half-precision decoder output (bf16 or fp16 autocast) in float32; float32 and float64 as they are."""
+    return params.to(torch.promote_types(params.dtype, torch.float32))
+
+
 def discretized_logistic_log_likelihood(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x|z) per image, summed over sub-pixels, for 8-bit images x = k / 255, (B, C, H, W).
 
@@ -74,9 +79,10 @@ def discretized_logistic_log_likelihood(params: torch.Tensor, x: torch.Tensor) -
         log(sigmoid(u) - sigmoid(l)) = logsigmoid(u) + logsigmoid(-l) + log(1 - exp(-d))
 
     is exact and never subtracts two rounded probabilities, however far the bin is in a tail and
-    however narrow it is (a difference of CDFs would round to 0 there and give log(0)).
+    however narrow it is (a difference of CDFs would round to 0 there and give log(0)). In float32
+    at least, also under bf16 autocast: bins of 1/255 are below bfloat16's resolution near 1.
     """
-    mean, log_scale = params.chunk(2, dim=1)
+    mean, log_scale = _at_least_float32(params).chunk(2, dim=1)
     log_scale = log_scale.clamp(min=MIN_LOG_SCALE)
     inv_scale = torch.exp(-log_scale)
     centred = x - mean
@@ -96,7 +102,7 @@ def discretized_logistic_mean(params: torch.Tensor) -> torch.Tensor:
     sigmoid((mean - t_j) / scale) with t_j = (j - 0.5) / 255 the lower edge of value j's bin.
     One threshold at a time: 255 passes over the output, no (B, C, H, W, 255) tensor.
     """
-    mean, log_scale = params.chunk(2, dim=1)
+    mean, log_scale = _at_least_float32(params).chunk(2, dim=1)
     inv_scale = torch.exp(-log_scale.clamp(min=MIN_LOG_SCALE))
     total = torch.zeros_like(mean)
     for j in range(1, 256):
@@ -229,7 +235,9 @@ def importance_weighted_terms(
     sum_log_px_z = x.new_zeros(len(x))
     for start in range(0, k, per_chunk):
         n = min(per_chunk, k - start)
-        eps = torch.stack([torch.randn(mu.shape, generator=generator, device=noise_device) for _ in range(n)])
+        eps = torch.stack(
+            [torch.randn(mu.shape, generator=generator, device=noise_device, dtype=mu.dtype) for _ in range(n)]
+        )
         eps = eps.to(mu.device)  # one copy per chunk when the generator is elsewhere (a CPU one, a GPU model)
         z = mu + std * eps  # (n, B, latent)
         log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, decode, log_likelihood)

@@ -231,10 +231,10 @@ class VAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior, as pixel means in [0, 1], (n, C, H, W).
 
-        z is drawn on the generator's device and then moved to the model's, so a CPU generator
-        works with a model on a GPU, and a seed gives the same z wherever the model is.
+        z is drawn on the generator's device and then moved to the model's (and its dtype), so a CPU
+        generator works with a model on a GPU, and a seed gives the same z wherever the model is.
         """
-        device = next(self.parameters()).device
-        noise_device = device if generator is None else generator.device
+        weight = next(self.parameters())
+        noise_device = weight.device if generator is None else generator.device
         z = torch.randn(n, self.latent_dim, generator=generator, device=noise_device)
-        return self.decode_means(z.to(device))
+        return self.decode_means(z.to(weight.device, weight.dtype))

@@ -23,8 +23,8 @@ PALETTE = torch.tensor(
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
-    """Images side by side, `nrow` to a row."""
-    return make_grid(images.cpu(), nrow=nrow, pad_value=1.0)
+    """Images side by side, `nrow` to a row; float32 whatever the model's dtype (a PNG needs it)."""
+    return make_grid(images.cpu().float(), nrow=nrow, pad_value=1.0)
 
 
 @torch.no_grad()
@@ -41,7 +41,7 @@ def reconstruction_grid(model: VAE, x: torch.Tensor, nrow: int = 8) -> torch.Ten
 def interpolation_grid(model: VAE, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -> torch.Tensor:
     """One row per pair (a[i], b[i]): decoded points evenly spaced from a's posterior mean to b's."""
     (mu_a, _), (mu_b, _) = model.encode(a), model.encode(b)
-    t = torch.linspace(0, 1, steps, device=mu_a.device).view(1, steps, 1)
+    t = torch.linspace(0, 1, steps, device=mu_a.device, dtype=mu_a.dtype).view(1, steps, 1)
     z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # (pairs, steps, latent)
     return image_grid(model.decode_means(z.flatten(0, 1)), nrow=steps)
 
@@ -55,8 +55,8 @@ def manifold_grid(model: VAE, n: int = 20) -> torch.Tensor:
     """
     if model.latent_dim != 2:
         raise ValueError(f"a latent manifold needs latent_dim 2, this model has {model.latent_dim}.")
-    device = next(model.parameters()).device
-    q = torch.special.ndtri((torch.arange(n, device=device) + 0.5) / n)
+    weight = next(model.parameters())
+    q = torch.special.ndtri((torch.arange(n, device=weight.device) + 0.5) / n).to(weight.dtype)
     z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
     return image_grid(model.decode_means(torch.stack([z1, z2], -1).view(-1, 2)), nrow=n)
 
@@ -68,7 +68,7 @@ def latent_scatter(model: VAE, x: torch.Tensor, labels: torch.Tensor, size: int 
     No plotting library: dots are set straight into an image tensor. Faint lines mark every
     integer value of z1 and z2, darker at 0; z1 runs left to right, z2 bottom to top. The legend,
     in a column on the right, is the mean image of each of the labels 0-9, 0 at the top: a grey
-    image as ink in the label's colour on white, a colour image as it is.
+    image as ink in the label's colour on white, a colour image as it is, framed in that colour.
     """
     if model.latent_dim != 2:
         raise ValueError(f"a latent scatter needs latent_dim 2, this model has {model.latent_dim}.")
@@ -94,9 +94,12 @@ def latent_scatter(model: VAE, x: torch.Tensor, labels: torch.Tensor, size: int 
     for label in range(10):
         if (labels == label).any():
             mean_image = x[labels == label].mean(0)  # (C, H, W) in [0, 1]
-            if len(mean_image) == 1:  # grey: the image's ink in the label's colour on white
-                mean_image = 1 - mean_image * (1 - PALETTE[label].view(3, 1, 1))
-            legend[:, label * tile : (label + 1) * tile] = torch.nn.functional.interpolate(
-                mean_image.unsqueeze(0), size=(tile, tile), mode="bilinear"
-            )[0]
+            colour, grey = PALETTE[label].view(3, 1, 1), len(mean_image) == 1
+            if grey:  # the image's ink in the label's colour on white
+                mean_image = 1 - mean_image * (1 - colour)
+            cell = legend[:, label * tile : (label + 1) * tile]
+            cell[:] = torch.nn.functional.interpolate(mean_image.unsqueeze(0), size=(tile, tile), mode="bilinear")[0]
+            if not grey:  # the image as it is, framed in the label's colour
+                frame = max(1, tile // 14)
+                cell[:, :frame], cell[:, -frame:], cell[:, :, :frame], cell[:, :, -frame:] = (colour,) * 4
     return torch.cat([canvas, legend], dim=2)
