@@ -4,14 +4,17 @@
 
 writes into DIR (default: `<run>/export/` for a checkpoint in `<run>/checkpoints/`, else `export/`):
 
-    encoder.pt2   x (B, 1, 28, 28) floats in [0, 1] -> (mu, logvar), each (B, latent_dim): q(z|x)
-    decoder.pt2   z (B, latent_dim) -> Bernoulli logits (B, 1, 28, 28); sigmoid gives pixel means
-    export.json   latent_dim, the image shape and the checkpoint they came from
+    encoder.pt2   x (B, C, H, W) floats in [0, 1] -> (mu, logvar), each (B, latent_dim): q(z|x)
+    decoder.pt2   z (B, latent_dim) -> the parameters of p(x|z): for the Bernoulli likelihood,
+                  logits (B, C, H, W), whose sigmoid is the pixel means; for the discretised
+                  logistic, (B, 2C, H, W), means then log-scales
+    export.json   latent_dim, image_shape [C, H, W], likelihood, what the decoder outputs
+                  (decoder_output) and the checkpoint they came from
 
 Both are `torch.export` programs (any batch size B >= 1), loaded with `torch.export.load(path).module()`:
 
     decoder = torch.export.load("export/decoder.pt2").module()
-    digits = torch.sigmoid(decoder(torch.randn(64, 20)))  # 64 new digits, (64, 1, 28, 28) in [0, 1]
+    digits = torch.sigmoid(decoder(torch.randn(64, 20)))  # MNIST: 64 new digits, (64, 1, 28, 28) in [0, 1]
 """
 
 import argparse
@@ -23,8 +26,19 @@ from torch import nn
 
 from vae.callbacks import public
 from vae.checkpoints import CheckpointError, check_checkpoint, run_dir_of
-from vae.model import IMAGE_SHAPE, VAE
+from vae.model import VAE
 from vae.module import VAEModule
+
+# What decoder.pt2 returns, for each likelihood: written into export.json for whoever loads it.
+DECODER_OUTPUT = {
+    "bernoulli": "Bernoulli logits (B, C, H, W); sigmoid(logits) is the pixel means in [0, 1]",
+    "logistic": (
+        "discretised logistics (B, 2C, H, W): channels [0, C) their means m, [C, 2C) their log-scales "
+        "log s, in the units of x in [0, 1]; value k of 0..255 has the logistic's mass on "
+        "[(k - 0.5) / 255, (k + 0.5) / 255], the bins of 0 and 255 open to -inf and +inf; the pixel means "
+        "are sum_{j=1..255} sigmoid((m - (j - 0.5) / 255) / s) / 255, close to clamp(m, 0, 1)"
+    ),
+}
 
 
 class Encoder(nn.Module):
@@ -56,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_vae(ckpt: Path) -> VAE:
-    """The plain `VAE` of a checkpoint of this project; anything else is one clear error."""
+def load_module(ckpt: Path) -> VAEModule:
+    """The `VAEModule` of a checkpoint of this project, in eval mode; anything else is one clear error."""
     if not ckpt.is_file():
         raise CheckpointError(f"--ckpt_path {ckpt} does not exist. Pass a .ckpt written by train.py.")
     saved = check_checkpoint(ckpt)
@@ -69,13 +83,13 @@ def load_vae(ckpt: Path) -> VAE:
             f"--ckpt_path {ckpt} is not a checkpoint of this project's VAE: its hyperparameters or weights "
             "do not fit it. Pass a .ckpt written by train.py, e.g. <run>/checkpoints/last.ckpt."
         ) from None
-    return module.model.eval()
+    return module.eval()
 
 
 def export(vae: VAE) -> tuple[torch.export.ExportedProgram, torch.export.ExportedProgram]:
     """(encoder, decoder) programs with a dynamic batch size."""
     batch = torch.export.Dim("batch", min=1)
-    x, z = torch.rand(2, *IMAGE_SHAPE), torch.randn(2, vae.latent_dim)
+    x, z = torch.rand(2, *vae.image_shape), torch.randn(2, vae.latent_dim)
     with torch.no_grad():
         encoder = torch.export.export(Encoder(vae), (x,), dynamic_shapes={"x": {0: batch}})
         decoder = torch.export.export(Decoder(vae), (z,), dynamic_shapes={"z": {0: batch}})
@@ -86,13 +100,21 @@ def main(argv: list[str] | None = None) -> Path:
     """Write the exported encoder and decoder; return the folder they are in."""
     args = parse_args(argv)
     ckpt = Path(args.ckpt_path)
-    vae = load_vae(ckpt)
+    module = load_module(ckpt)
+    vae = module.model
     encoder, decoder = export(vae)  # before any folder exists: a failure leaves nothing behind
     out = Path(args.out) if args.out else (run_dir_of(ckpt) or Path()) / "export"
     out.mkdir(parents=True, exist_ok=True)
     torch.export.save(encoder, out / "encoder.pt2")
     torch.export.save(decoder, out / "decoder.pt2")
-    about = {"latent_dim": vae.latent_dim, "image_shape": list(IMAGE_SHAPE), "ckpt_path": str(ckpt)}
+    likelihood = module.hparams.likelihood
+    about = {
+        "latent_dim": vae.latent_dim,
+        "image_shape": list(vae.image_shape),
+        "likelihood": likelihood,
+        "decoder_output": DECODER_OUTPUT[likelihood],
+        "ckpt_path": str(ckpt),
+    }
     (out / "export.json").write_text(json.dumps(about, indent=2) + "\n")
     for name in ("encoder.pt2", "decoder.pt2", "export.json"):
         print(out / name)

@@ -5,13 +5,14 @@
 writes into DIR (default: `<run>/samples/` for a checkpoint in `<run>/checkpoints/`, else `samples/`):
 
     prior.png            n samples from the prior (pixel means)
-    reconstructions.png  n test digits, each row of inputs above its reconstructions
-    interpolations.png   8 rows: decoded steps between the posterior means of two test digits
+    reconstructions.png  n test images, each row of inputs above its reconstructions
+    interpolations.png   8 rows: decoded steps between the posterior means of two test images
     manifold.png         latent_dim 2 only: the decoder over a grid of the prior's quantiles
-    latent_scatter.png   latent_dim 2 only: every test digit's posterior mean, coloured by label
+    latent_scatter.png   latent_dim 2 only: every test image's posterior mean, coloured by label
 
-The test digits come from the data options saved in the checkpoint (binarised as the run's were),
-read from `--data_dir`.
+Every picture has the images' shape saved in the checkpoint (colour for colour images) and shows
+pixel means of p(x|z), whichever the likelihood. The test images come from the data options saved
+in the checkpoint (binarised as the run's were), read from `--data_dir`.
 """
 
 import argparse
@@ -31,8 +32,8 @@ INTERPOLATION_ROWS = 8
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py")
-    parser.add_argument("--n", type=int, default=64, help="prior samples and reconstructed test digits")
-    parser.add_argument("--seed", type=int, default=0, help="chooses the samples and the test digits")
+    parser.add_argument("--n", type=int, default=64, help="prior samples and reconstructed test images")
+    parser.add_argument("--seed", type=int, default=0, help="chooses the samples and the test images")
     parser.add_argument("--out", help="output folder (default: the run's samples/, else samples/)")
     parser.add_argument("--data_dir", default="data", help="folder with MNIST/raw/, as --data.data_dir")
     args = parser.parse_args(argv)

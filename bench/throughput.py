@@ -60,7 +60,7 @@ class BareLoop:
         start = time.perf_counter()
         order = torch.randperm(len(self.images), device=self.device, generator=self.order)
         for i in range(0, len(self.images), self.batch_size):
-            x = self.images.index_select(0, order[i : i + self.batch_size]).unsqueeze(1).float().div_(255)
+            x = self.images.index_select(0, order[i : i + self.batch_size]).float().div_(255)  # (B, 1, 28, 28)
             logits, mu, logvar = self.model(x)
             loss = negative_elbo(logits, x, mu, logvar)[0].mean()
             self.optimizer.zero_grad(set_to_none=True)

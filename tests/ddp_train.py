@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tests.conftest import synthetic_files
 from vae import cli, mnist_files, module
 from vae.checkpoints import SafeCheckpointIO
-from vae.data import InMemoryMNIST
+from vae.data import InMemoryImages
 from vae.model import VAE
 
 _vae_forward = VAE.forward
@@ -91,7 +91,7 @@ def main() -> None:
             record["fetched"].append(name)
             (dest / name).write_bytes(files[name])
 
-    dataloader_iter, getitems = DataLoader.__iter__, InMemoryMNIST.__getitems__
+    dataloader_iter, getitems = DataLoader.__iter__, InMemoryImages.__getitems__
 
     def recording_iter(self: DataLoader):
         rng = hashlib.md5(torch.get_rng_state().numpy().tobytes()).hexdigest()  # the noise this pass will draw
@@ -100,7 +100,7 @@ def main() -> None:
         )
         return dataloader_iter(self)
 
-    def recording_getitems(self: InMemoryMNIST, indices: list[int]):
+    def recording_getitems(self: InMemoryImages, indices: list[int]):
         record["passes"][-1]["batches"].append([int(i) for i in indices])
         return getitems(self, indices)
 
@@ -113,7 +113,7 @@ def main() -> None:
     VAE.forward = posterior_mean_in_eval
     module.importance_weighted_terms = importance_samples_seeded_by_image
     DataLoader.__iter__ = recording_iter
-    InMemoryMNIST.__getitems__ = recording_getitems
+    InMemoryImages.__getitems__ = recording_getitems
     atexit.register(write_record)
     if "SIGKILL_IN_WRITE_AT_STEP" in os.environ:
         step = int(os.environ["SIGKILL_IN_WRITE_AT_STEP"])

@@ -121,12 +121,12 @@ def test_test_subcommand_writes_json_into_the_checkpoints_run(copy_of_trained_ru
     assert "Resuming" not in said and "resuming" not in said
     record = json.loads((in_tmp / "lightning_logs/version_0/test_metrics.json").read_text())
     kl_per_dim = [f"test_kl_per_dim/z{u:02d}" for u in range(4)]
-    terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/active_units"}
+    terms = {"test/loss", "test/recon", "test/kl", "test/nll", "test/nll_bpd", "test/active_units"}
     assert set(record["metrics"]) == terms | set(kl_per_dim)
     # The KL terms are deterministic: the checkpoint's posteriors of every test image, averaged over
     # the images, per dimension and summed.
     model = VAEModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).model.eval()
-    x = cli.datamodule.test_set.images.unsqueeze(1).float() / 255
+    x = cli.datamodule.test_set.images.float() / 255
     with torch.no_grad():
         mu, logvar = model.encode(x)
     assert len(mu) == TEST_SIZE
@@ -315,6 +315,7 @@ def test_an_unwritable_log_folder_is_reported_before_training(in_tmp, data_dir):
 
 def test_missing_data_that_cannot_be_fetched_stops_before_a_run_exists(in_tmp, tmp_path, monkeypatch):
     monkeypatch.setattr(mnist_files, "FETCHERS", ())  # nothing on disk, no source answers
-    with pytest.raises(mnist_files.MNISTFilesError, match="train-images-idx3-ubyte.*by hand"):
+    with pytest.raises(SystemExit) as exit_:
         run_cli("fit", data_dir=tmp_path / "empty")
+    assert "train-images-idx3-ubyte" in one_line_error(exit_) and "by hand" in one_line_error(exit_)
     assert not list((in_tmp / "lightning_logs").glob("version_*"))

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from tests.conftest import TEST_SIZE, TRAIN_SIZE
 from vae import mnist_files
-from vae.data import InMemoryMNIST, MNISTDataModule, resident_device
+from vae.data import InMemoryImages, MNISTDataModule, resident_device
 from vae.mnist_files import MNISTFilesError, ensure_mnist, raw_dir, read_idx
 
 
@@ -134,7 +134,7 @@ def test_splits_sizes_dtypes_and_determinism(data_dir):
     dm.prepare_data()
     dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (TRAIN_SIZE - 100, 100, TEST_SIZE)
-    assert dm.train_set.images.dtype == torch.uint8 and dm.train_set.images.shape[1:] == (28, 28)
+    assert dm.train_set.images.dtype == torch.uint8 and dm.train_set.images.shape[1:] == (1, 28, 28)
 
     again = MNISTDataModule(data_dir=str(data_dir), val_size=100)
     again.setup("fit")
@@ -155,17 +155,17 @@ def test_batches_are_uint8_slices_that_become_floats_after_transfer(data_dir):
     loader = dm.train_dataloader()
     assert isinstance(loader, DataLoader) and loader.num_workers == 0
     images, labels = next(iter(loader))
-    assert images.dtype == torch.uint8 and images.shape == (32, 28, 28) and labels.shape == (32,)
+    assert images.dtype == torch.uint8 and images.shape == (32, 1, 28, 28) and labels.shape == (32,)
     x, same_labels = dm.on_after_batch_transfer((images, labels), 0)
     assert x.dtype == torch.float32 and x.shape == (32, 1, 28, 28)
     assert 0 <= x.min() and x.max() <= 1 and torch.equal(same_labels, labels)
-    torch.testing.assert_close(x[:, 0] * 255, images.float())
+    torch.testing.assert_close(x * 255, images.float())
     assert sum(len(b[1]) for b in loader) == TRAIN_SIZE - 100  # every image once per epoch
 
 
 def test_a_batch_holds_exactly_the_requested_images_and_labels():
     images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    dataset = InMemoryMNIST(images, torch.arange(50))
+    dataset = InMemoryImages(images, torch.arange(50))
     batch_images, batch_labels = dataset.__getitems__([7, 3, 41, 3])
     assert torch.equal(batch_images, images[[7, 3, 41, 3]]) and batch_labels.tolist() == [7, 3, 41, 3]
 
@@ -174,11 +174,11 @@ def test_pixel_mean_is_the_exact_mean_of_the_training_images(data_dir):
     dm = MNISTDataModule(data_dir=str(data_dir), val_size=100)
     dm.setup("fit")
     # more images than one summing chunk, all near 255: the case where float32 sums would round
-    images = torch.randint(250, 256, (2_345, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    dm.train_set = InMemoryMNIST(images, torch.zeros(len(images), dtype=torch.long))
+    images = torch.randint(250, 256, (2_345, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    dm.train_set = InMemoryImages(images, torch.zeros(len(images), dtype=torch.long))
     mean = dm.pixel_mean()
     assert mean.shape == (1, 28, 28) and mean.dtype == torch.float32
-    torch.testing.assert_close(mean, (images.double().mean(0, keepdim=True) / 255).float(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(mean, (images.double().mean(0) / 255).float(), rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize(("kwargs", "option"), [({"batch_size": 0}, "batch_size"), ({"val_size": -1}, "val_size")])
@@ -286,4 +286,4 @@ def test_with_on_device_every_split_is_served_in_batches_already_on_the_training
     where = torch.device("meta" if on_device else "cpu")
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         images, labels = next(iter(loader))
-        assert images.device == labels.device == where and images.shape == (32, 28, 28)
+        assert images.device == labels.device == where and images.shape == (32, 1, 28, 28)

@@ -27,7 +27,7 @@ from tests.conftest import TEST_SIZE, TRAIN_SIZE
 from tests.ddp_train import importance_samples_seeded_by_image, posterior_mean_in_eval
 from vae import module
 from vae.cli import VAECLI
-from vae.data import InMemoryMNIST
+from vae.data import InMemoryImages
 from vae.model import VAE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,16 +207,16 @@ def resume_on_one_process(ddp: dict[str, Path], run: str, cwd: Path, *args: str)
     """`fit --ckpt_path last` on 1 process, in a copy of `run`'s logs: the training images it was served."""
     shutil.copytree(ddp[run] / "lightning_logs", cwd / "lightning_logs")
     served: list[int] = []
-    getitems = InMemoryMNIST.__getitems__
+    getitems = InMemoryImages.__getitems__
 
-    def recording(self: InMemoryMNIST, indices: list[int]):
+    def recording(self: InMemoryImages, indices: list[int]):
         if len(self) == TRAIN:
             served.extend(int(i) for i in indices)
         return getitems(self, indices)
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.chdir(cwd)
-        monkeypatch.setattr(InMemoryMNIST, "__getitems__", recording)
+        monkeypatch.setattr(InMemoryImages, "__getitems__", recording)
         data = ["--data.data_dir", str(ddp["uninterrupted"] / "data"), "--trainer.accelerator", "cpu"]
         VAECLI(args=["fit", "--ckpt_path", "last", "--trainer.devices", "1", *DATA, *QUIET, *data, *args])
     return served

@@ -25,7 +25,7 @@ from tests.conftest import fit_in_a_new_folder, run_cli
 from tests.test_data import is_binary
 from tests.test_resume_exact import final_state, train
 from vae.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
-from vae.data import InMemoryMNIST, MNISTDataModule
+from vae.data import InMemoryImages, MNISTDataModule
 from vae.elbo import importance_weighted_nll
 from vae.model import VAE
 
@@ -121,7 +121,7 @@ def test_dynamic_binarisation_on_the_gpu_draws_each_batch_afresh(data_dir):
 
 
 def test_slicing_a_batch_on_the_gpu_and_the_nan_guard_never_make_the_host_wait():
-    dataset = InMemoryMNIST(torch.zeros(256, 28, 28, dtype=torch.uint8), torch.zeros(256, dtype=torch.uint8))
+    dataset = InMemoryImages(torch.zeros(256, 28, 28, dtype=torch.uint8), torch.zeros(256, dtype=torch.uint8))
     dataset.move_to(torch.device("cuda", 0))
     guard = StopOnNonFiniteLoss()
     trainer = SimpleNamespace(

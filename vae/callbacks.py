@@ -25,7 +25,7 @@ from vae.pictures import image_grid, interpolation_grid, reconstruction_grid
 # The scalars shown as columns in TensorBoard's HPARAMS tab (it reads their latest values).
 HPARAMS_METRICS = (
     "val/loss", "val/recon", "val/kl", "val/active_units",
-    "test/loss", "test/recon", "test/kl", "test/nll", "test/active_units",
+    "test/loss", "test/recon", "test/kl", "test/nll", "test/nll_bpd", "test/active_units",
 )  # fmt: skip
 
 
@@ -141,7 +141,8 @@ class SummaryWithoutFLOPs(ModelSummary):
 
 class LatentProjector(Callback):
     """At the end of fit: posterior means of the first `n_images` test images in TensorBoard's
-    embedding projector (PROJECTOR tab), labelled by digit, each point shown as its image.
+    embedding projector (PROJECTOR tab), labelled by class, each point shown as its image (the
+    image as the model sees it: grey or colour, binarised if the run's data is).
 
     Not all 10,000: TensorBoard builds the thumbnail sheet in float64, about 56 KB per image
     (all of them would add 0.5 GiB to the run's peak memory, for a picture).
@@ -156,16 +157,16 @@ class LatentProjector(Callback):
         if not trainer.is_global_zero or writer is None or getattr(datamodule, "test_set", None) is None:
             return
         images, labels = datamodule.test_set.images[: self.n_images], datamodule.test_set.labels[: self.n_images]
-        means = []
+        means, thumbnails = [], []
         for start in range(0, len(images), 1000):
             batch = (images[start : start + 1000].to(pl_module.device), labels[start : start + 1000])
-            x, _ = datamodule.on_after_batch_transfer(batch, 0)
+            x, _ = datamodule.on_after_batch_transfer(batch, 0)  # (B, C, H, W) in [0, 1]
             means.append(pl_module.model.encode(x)[0].cpu())
-        thumbnails = images.unsqueeze(1).float() / 255
+            thumbnails.append(x.cpu())
         writer.add_embedding(
             torch.cat(means),
             metadata=labels.tolist(),
-            label_img=thumbnails,
+            label_img=torch.cat(thumbnails),
             global_step=trainer.global_step,
             tag="test/posterior_means",
         )

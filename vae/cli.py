@@ -15,9 +15,10 @@ Lightning traps this file designs around:
 - With `--ckpt_path`, the checkpoint's saved hyperparameters override the command line, so
   `test --ckpt_path X --model.iw_samples 5000` would silently use the k the model was trained
   with. Here evaluation settings (`EVALUATION_SETTINGS`) keep the command line's value.
-- The data a checkpoint was trained on is not restored at all. Here the checkpoint's data options
-  (`DATA_OF_THE_RUN`) become the defaults, so that an option given (on the command line or in a
-  config file) wins, even at its usual default value, and one not given is the checkpoint's.
+- The data a checkpoint was trained on is not restored at all. Here the checkpoint's data source
+  and its options (all but `SERVING_OPTIONS`) become the defaults, so that an option given (on the
+  command line or in a config file) wins, even at its usual default value, and one not given is
+  the checkpoint's. Data of another image shape than the checkpoint's is refused in one line.
 
 Checks of the command line (`vae.cli_checks`) run before anything is built, so a mistake stops
 with one line and no run directory.
@@ -30,7 +31,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -55,6 +56,7 @@ from vae.checkpoints import (
 )
 from vae.cli_checks import (
     TRAINER_OPTION_ERRORS,
+    CommandLineError,
     OneLineErrorParser,
     check_processes,
     check_writable,
@@ -62,7 +64,8 @@ from vae.cli_checks import (
     trainer_option_error,
 )
 from vae.console import quiet_console
-from vae.data import MNISTDataModule
+from vae.data import DEFAULT_SOURCE
+from vae.data_files import DataFilesError
 from vae.module import VAEModule
 from vae.predictions import PredictionsFile
 
@@ -73,8 +76,6 @@ PROGRESS_BAR_REFRESH_STEPS = 10
 EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
 # Model options that fix the shapes of the weights: a checkpoint cannot be loaded into others.
 WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim")
-# Data options that say what the model was trained and validated on: a checkpoint supplies them.
-DATA_OF_THE_RUN = ("binarize", "val_size", "split_seed")
 # What each subcommand does with the checkpoint `--ckpt_path last` found, said on the console.
 WHAT_IS_DONE_WITH = {
     "fit": "resuming the training of",
@@ -82,6 +83,9 @@ WHAT_IS_DONE_WITH = {
     "test": "testing",
     "predict": "predicting with",
 }
+# Data options that say where the files are and how to serve them, not what the model was trained
+# and validated on: never taken from a checkpoint (every other option of its data source is).
+SERVING_OPTIONS = ("data_dir", "batch_size", "on_device")
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -98,7 +102,8 @@ class VAECLI(LightningCLI):
         quiet_console()
         super().__init__(
             VAEModule,
-            MNISTDataModule,
+            LightningDataModule,
+            subclass_mode_data=True,
             parser_class=OneLineErrorParser,
             save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
@@ -128,6 +133,10 @@ class VAECLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # `--data CLASS` chooses the source (a short name for the classes in vae.data), MNIST by default
+        parser.set_defaults({"data": {"class_path": DEFAULT_SOURCE}})
+        # the model is built for the data's images, and keeps their shape in its hyperparameters
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         # configurable as --checkpoint.*, e.g. --checkpoint.save_last_every_n_steps 500
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         # configurable as --images.*, e.g. --images.every_n_epochs 5
@@ -142,8 +151,8 @@ class VAECLI(LightningCLI):
         as no rank can write a checkpoint before every rank has joined the process group, i.e.
         finished parsing; across machines only a consistently shared log folder guarantees that.
         """
-        super().parse_arguments(parser, args)
-        self._evaluation_settings, self._resumed = {}, None
+        self._parse_finding_the_checkpoints_source(parser, args)
+        self._evaluation_settings, self._resumed, self._trained_shape = {}, None, None
         if not self.config.get("subcommand"):
             return
         subcommand = self.config.subcommand
@@ -160,6 +169,8 @@ class VAECLI(LightningCLI):
             config = self.config[subcommand]
             config.ckpt_path = str(checkpoint)
             self._refuse_another_architecture(config, checkpoint, saved)
+            shape = saved.get("hyper_parameters", {}).get("image_shape", (1, 28, 28))  # older ones: MNIST's
+            self._trained_shape = tuple(shape)
             logger = config.trainer.logger
             logger_args = logger.init_args if hasattr(logger, "init_args") else None
             self._pin_logger(checkpoint, logger_args)
@@ -169,6 +180,25 @@ class VAECLI(LightningCLI):
         self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
         if logger_args is not None and "save_dir" in logger_args:
             check_writable(Path(logger_args.save_dir) / (logger_args.get("name") or ""))
+
+    def _parse_finding_the_checkpoints_source(self, parser: LightningArgumentParser, args) -> None:
+        """Parse; if that fails, the `--data.*` options may be those of the checkpoint's data
+        source rather than MNIST's (`test --ckpt_path X --data.root DIR` of a model trained on a
+        folder): parse without them to find `--ckpt_path`, whose source then takes them
+        (`_parse_with_the_checkpoints_defaults`). Else the first error stands."""
+        try:
+            super().parse_arguments(parser, args)
+        except CommandLineError as err:
+            given = sys.argv[1:] if args is None else args
+            without_data = _without_data_options(given) if isinstance(given, list) else given
+            if without_data == given:
+                raise
+            try:
+                super().parse_arguments(parser, without_data)
+            except CommandLineError:
+                raise err from None
+            if self.config[self.config.subcommand].get("ckpt_path") is None:
+                raise err from None
 
     @staticmethod
     def _find_checkpoint(ckpt_path: str, logger_args) -> Path:
@@ -186,7 +216,9 @@ class VAECLI(LightningCLI):
         trained = saved.get("hyper_parameters", {})
         data = saved.get("datamodule_hyper_parameters", {})
         defaults = {f"model.{name}": trained[name] for name in WEIGHT_SHAPE_OPTIONS if name in trained}
-        defaults |= {f"data.{name}": data[name] for name in DATA_OF_THE_RUN if name in data}
+        if data:  # a checkpoint from before `--data CLASS` has no `_class_path`: it was MNIST
+            options = {k: v for k, v in data.items() if not k.startswith("_") and k not in SERVING_OPTIONS}
+            defaults["data"] = {"class_path": data.get("_class_path", DEFAULT_SOURCE), "init_args": options}
         if defaults:
             self._parser(self.config.subcommand).set_defaults(defaults)
             super().parse_arguments(parser, args)
@@ -231,16 +263,34 @@ class VAECLI(LightningCLI):
         self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, off)]
 
     def instantiate_classes(self) -> None:
-        """A constructor that rejects its options says why in one line, not in a traceback."""
+        """A constructor that rejects its options says why in one line, not in a traceback (for the
+        data, chosen by `--data CLASS`, jsonargparse wraps that error in its own: the first one is said)."""
         try:
             super().instantiate_classes()
         except ValueError as err:
+            while isinstance(err.__cause__ or err.__context__, ValueError):
+                err = err.__cause__ or err.__context__
             raise SystemExit(f"error: {err}") from None
 
     def after_instantiate_classes(self) -> None:
-        """Once the Trainer knows its number of processes: may a resumed fit continue on it?"""
+        """Once the data and the Trainer exist: are the data's images the checkpoint's, and may a
+        resumed fit continue on this number of processes?"""
+        if self._trained_shape is not None and tuple(self.datamodule.image_shape) != self._trained_shape:
+            trained, given = ("x".join(map(str, shape)) for shape in (self._trained_shape, self.datamodule.image_shape))
+            raise CheckpointError(
+                f"--ckpt_path {self.config[self.subcommand].ckpt_path} holds a model of {trained} images, but the "
+                f"data given ({type(self.datamodule).__name__}) has {given} images. Drop the data options to use "
+                f"the checkpoint's data, or train a new model."
+            )
         if self._resumed is not None:
             check_processes(*self._resumed, self.trainer.world_size)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Data files that are missing, unreadable or do not fit the options: one line, no traceback."""
+        try:
+            super()._run_subcommand(subcommand)
+        except DataFilesError as err:
+            raise SystemExit(f"error: {err}") from None
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer's own checks of its options, as one line naming the option (`vae.cli_checks`)."""
@@ -249,6 +299,19 @@ class VAECLI(LightningCLI):
         except TRAINER_OPTION_ERRORS as err:
             options = {**self._get(self.config_init, "trainer", default={}), **kwargs}
             raise trainer_option_error(err, options, self.trainer_defaults) from None
+
+
+def _without_data_options(args: list[str]) -> list[str]:
+    """`args` less every `--data.NAME VALUE` and `--data.NAME=VALUE` (`--data CLASS` stays)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("--data."):
+            skip = "=" not in arg
+        else:
+            kept.append(arg)
+    return kept
 
 
 def main() -> None:

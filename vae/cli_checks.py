@@ -48,7 +48,11 @@ class OneLineErrorParser(LightningArgumentParser):
         if key:  # which option, and the value given (jsonargparse words it one way or another)
             value = next((line.partition(":")[2].strip() for line in lines if line.startswith("Given value:")), None)
             value = value or (re.search(r"Got value: (.*)", message) or [None, "?"])[1]
-            lines = [f"--{key[1]} {value}: not a value this option accepts."]
+            nested = re.fullmatch(r"NestedArg\(key='([^']*)', val='(.*)'\)", value)
+            if nested:  # `--data.NAME VALUE` where the chosen --data class has no option NAME
+                lines = [f"--{key[1]}.{nested[1]} {nested[2]}: the chosen --{key[1]} class has no option {nested[1]}."]
+            else:
+                lines = [f"--{key[1]} {value}: not a value this option accepts."]
         what = " ".join(lines).rstrip(".") + "."
         prog = self.prog.replace(" [options]", "")
         raise CommandLineError(f"{what} `python {prog} --help` lists the options and their values.")

@@ -1,7 +1,14 @@
-"""The maths of the loss: the negative ELBO of a VAE with a Bernoulli decoder and a N(0, I) prior.
+"""The maths of the loss: the negative ELBO of a VAE with a N(0, I) prior, for either likelihood.
 
     -ELBO(x) = -E_q[log p(x|z)] + KL(q(z|x) || p(z))
-             ~ BCE(x, logits) summed over pixels  +  0.5 * sum(exp(logvar) + mu^2 - 1 - logvar)
+             ~ -log p(x|z) summed over sub-pixels  +  0.5 * sum(exp(logvar) + mu^2 - 1 - logvar)
+
+p(x|z), chosen by name from `LIKELIHOODS` (`--model.likelihood`):
+- "bernoulli": one logit per sub-pixel; -log p(x|z) is BCE(x, logits). The MNIST default.
+- "logistic": a discretised logistic per sub-pixel (Salimans et al. 2017, PixelCNN++; Kingma et al.
+  2016 for CIFAR-10): a mean and a log-scale per sub-pixel, and the probability of each of the 256
+  8-bit values is the logistic's mass on its bin of width 1/255, the two edge bins open to -inf and
+  +inf, so the 256 probabilities sum to 1 and -log p(x) is a true negative log-likelihood of the bytes.
 
 For evaluation, `importance_weighted_nll` estimates -log p(x) itself, with a bound that tightens
 as the number of samples k grows (k = 1 is the negative ELBO again); `importance_weighted_terms`
@@ -10,15 +17,26 @@ also returns the reconstruction term averaged over the same k samples.
 For training, two objectives other than the ELBO: free bits (`free_bits_kl`, Kingma et al. 2016)
 and the importance-weighted bound (`log_weight_terms` and `negative_iw_bound`, Burda et al. 2015).
 
-Every function returns one value per image, in nats, so callers choose how to average.
+Every function returns one value per image, in nats, so callers choose how to average. Each takes
+the log-likelihood function (`bernoulli_log_likelihood` unless told), so the ELBO, its terms and
+the importance-weighted estimates always use the same p(x|z).
 Plain PyTorch: no Lightning here.
 """
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# 8-bit images: x = k / 255, and value k's bin is [x - HALF_BIN, x + HALF_BIN].
+HALF_BIN = 0.5 / 255
+# The smallest log-scale used: 1 / scale must stay finite in float32. At exp(-20) a bin of width 1/255
+# is 1e6 scales wide, so its mass is 0 or 1 to float precision; smaller scales change nothing.
+MIN_LOG_SCALE = -20.0
 
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -29,6 +47,93 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     """
     bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     return -bce.flatten(1).sum(1)
+
+
+def bernoulli_start(pixel_mean: torch.Tensor) -> torch.Tensor:
+    """Logits whose means are `pixel_mean` (clamped one level away from 0 and 1: logit(0) is -inf)."""
+    eps = 1.0 / 255
+    return torch.logit(pixel_mean.clamp(eps, 1 - eps))
+
+
+def _log1mexp(log_d: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(-d)) for d = exp(log_d) > 0, accurate for every d, finite (and with finite
+    gradients) even where d itself underflows: there it is log(d) - d/2, to within d^2/24."""
+    d = log_d.exp()
+    small = log_d < -10
+    return torch.where(small, log_d - d / 2, torch.log(-torch.expm1(-d.clamp(min=math.exp(-10)))))
+
+
+def _at_least_float32(params: torch.Tensor) -> torch.Tensor:
+    """A half-precision decoder output (bf16 or fp16 autocast) in float32; float32 and float64 as they are."""
+    return params.to(torch.promote_types(params.dtype, torch.float32))
+
+
+def discretized_logistic_log_likelihood(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) per image, summed over sub-pixels, for 8-bit images x = k / 255, (B, C, H, W).
+
+    `params` (B, 2C, H, W): channels [0, C) are the logistics' means, [C, 2C) their log-scales, in
+    the units of x. The probability of value k is the logistic's mass on [x - 1/510, x + 1/510],
+    with the bin of 0 open to -inf and that of 255 open to +inf. All in log space: with u and l the
+    bin's edges in standard units (u - l = d = 1 / (255 scale)),
+
+        log(sigmoid(u) - sigmoid(l)) = logsigmoid(u) + logsigmoid(-l) + log(1 - exp(-d))
+
+    is exact and never subtracts two rounded probabilities, however far the bin is in a tail and
+    however narrow it is (a difference of CDFs would round to 0 there and give log(0)). In float32
+    at least, also under bf16 autocast: bins of 1/255 are below bfloat16's resolution near 1.
+    """
+    mean, log_scale = _at_least_float32(params).chunk(2, dim=1)
+    log_scale = log_scale.clamp(min=MIN_LOG_SCALE)
+    inv_scale = torch.exp(-log_scale)
+    centred = x - mean
+    upper = (centred + HALF_BIN) * inv_scale
+    lower = (centred - HALF_BIN) * inv_scale
+    log_below_upper = F.logsigmoid(upper)  # log P(X <= upper edge): the bin of 0
+    log_above_lower = F.logsigmoid(-lower)  # log P(X >= lower edge): the bin of 255
+    log_in_bin = log_below_upper + log_above_lower + _log1mexp(-log_scale - math.log(255))
+    log_p = torch.where(x < HALF_BIN, log_below_upper, torch.where(x > 1 - HALF_BIN, log_above_lower, log_in_bin))
+    return log_p.flatten(1).sum(1)
+
+
+def discretized_logistic_mean(params: torch.Tensor) -> torch.Tensor:
+    """The exact mean of each sub-pixel's discretised logistic, in [0, 1], (B, C, H, W).
+
+    E[X] = sum_k (k / 255) P(k) = (1/255) sum_{j=1..255} P(X >= j / 255), and P(X >= j / 255) is
+    sigmoid((mean - t_j) / scale) with t_j = (j - 0.5) / 255 the lower edge of value j's bin.
+    One threshold at a time: 255 passes over the output, no (B, C, H, W, 255) tensor.
+    """
+    mean, log_scale = _at_least_float32(params).chunk(2, dim=1)
+    inv_scale = torch.exp(-log_scale.clamp(min=MIN_LOG_SCALE))
+    total = torch.zeros_like(mean)
+    for j in range(1, 256):
+        total += torch.sigmoid((mean - (j - 0.5) / 255) * inv_scale)
+    return total / 255
+
+
+def discretized_logistic_start(pixel_mean: torch.Tensor) -> torch.Tensor:
+    """Means and log-scales (2C, H, W) of logistics centred on `pixel_mean` (C, H, W), each as wide
+    as a variable in [0, 1] with that mean can be (variance m (1 - m); a logistic's is (pi s)^2 / 3),
+    so the start is never confidently wrong. The mean is known, the spread is not."""
+    m = pixel_mean.clamp(1.0 / 255, 1 - 1.0 / 255)
+    log_scale = 0.5 * torch.log(3 * m * (1 - m)) - math.log(math.pi)
+    return torch.cat([pixel_mean, log_scale])
+
+
+class Likelihood(NamedTuple):
+    """p(x|z) as the decoder parametrises it."""
+
+    outputs_per_channel: int  # decoder outputs per sub-pixel: the decoder has this many x C channels
+    log_likelihood: LogLikelihood  # (decoder output, x) -> log p(x|z) per image, in nats
+    pixel_means: Callable[[torch.Tensor], torch.Tensor]  # decoder output -> E[x|z] in [0, 1], (B, C, H, W)
+    start: Callable[[torch.Tensor], torch.Tensor]  # pixel means (C, H, W) -> an output with those means
+
+
+LIKELIHOODS = {
+    "bernoulli": Likelihood(1, bernoulli_log_likelihood, torch.sigmoid, bernoulli_start),
+    "logistic": Likelihood(
+        2, discretized_logistic_log_likelihood, discretized_logistic_mean, discretized_logistic_start
+    ),
+}
 
 
 def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -56,10 +161,14 @@ def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> to
 
 
 def negative_elbo(
-    logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+    output: torch.Tensor,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    log_likelihood: LogLikelihood = bernoulli_log_likelihood,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, recon, kl) per image, with loss = recon + kl: the negative ELBO in nats."""
-    recon = -bernoulli_log_likelihood(logits, x)
+    """(loss, recon, kl) per image, with loss = recon + kl: the negative ELBO in nats, from the decoder's output."""
+    recon = -log_likelihood(output, x)
     kl = gaussian_kl(mu, logvar)
     return recon + kl, recon, kl
 
@@ -75,6 +184,7 @@ def log_weight_terms(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     decode: Callable[[torch.Tensor], torch.Tensor],
+    log_likelihood: LogLikelihood = bernoulli_log_likelihood,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(x|z), log p(z) - log q(z|x)) for k samples z (k, B, latent) of the B images x: each (k, B).
 
@@ -82,7 +192,7 @@ def log_weight_terms(
     KL weight (warm-up) can scale the second term, as it scales the KL term of the ELBO.
     """
     k = len(z)
-    log_px_z = bernoulli_log_likelihood(decode(z.flatten(0, 1)), x.expand(k, *x.shape).flatten(0, 1))
+    log_px_z = log_likelihood(decode(z.flatten(0, 1)), x.expand(k, *x.shape).flatten(0, 1))
     zero = x.new_zeros(())
     log_pz = gaussian_log_density(z, zero, zero)  # the prior N(0, I)
     log_qz = gaussian_log_density(z, mu, logvar)
@@ -107,6 +217,7 @@ def importance_weighted_terms(
     k: int,
     chunk_size: int = 8192,
     generator: torch.Generator | None = None,
+    log_likelihood: LogLikelihood = bernoulli_log_likelihood,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(nll, recon) per image, in nats, from one set of k samples z_i ~ q(z|x) = N(mu, exp(logvar)).
 
@@ -129,7 +240,7 @@ def importance_weighted_terms(
         )
         eps = eps.to(mu.device)  # one copy per chunk when the generator is elsewhere (a CPU one, a GPU model)
         z = mu + std * eps  # (n, B, latent)
-        log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, decode)
+        log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, decode, log_likelihood)
         log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_px_z + log_prior_ratio, 0))
         sum_log_px_z += log_px_z.sum(0)
     return -(log_sum_w - math.log(k)), -sum_log_px_z / k
@@ -143,6 +254,7 @@ def importance_weighted_nll(
     k: int,
     chunk_size: int = 8192,
     generator: torch.Generator | None = None,
+    log_likelihood: LogLikelihood = bernoulli_log_likelihood,
 ) -> torch.Tensor:
     """-log p(x) per image, in nats, estimated with k importance samples from q(z|x) (Burda et al. 2015).
 
@@ -154,9 +266,9 @@ def importance_weighted_nll(
 
     Memory: the k samples are decoded in chunks of at most `chunk_size` (sample, image) pairs and
     the chunks are combined with a running logsumexp, so memory does not grow with k (a few
-    (chunk_size, 784) float tensors: 26 MB each at the default chunk size) and k = 5000 runs on a CPU. The
-    noise is drawn one sample (a (B, latent) tensor) at a time, so for a given generator state the
-    result does not depend on `chunk_size`.
+    (chunk_size, C, H, W) float tensors: 26 MB each for MNIST at the default chunk size, 100 MB for
+    3 x 32 x 32 images) and k = 5000 runs on a CPU. The noise is drawn one sample (a (B, latent)
+    tensor) at a time, so for a given generator state the result does not depend on `chunk_size`.
     """
     mu, logvar = encode(x)
-    return importance_weighted_terms(x, mu, logvar, decode, k, chunk_size, generator)[0]
+    return importance_weighted_terms(x, mu, logvar, decode, k, chunk_size, generator, log_likelihood)[0]

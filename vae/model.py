@@ -1,64 +1,89 @@
 """The networks of the VAE (Kingma & Welling 2014). Plain PyTorch, no Lightning.
 
-The classic MLP VAE (`arch="mlp"`, the default):
+The classic MLP VAE (`arch="mlp"`, the default), for MNIST's 1 x 28 x 28 (784 pixels):
 
     encoder  x(784) -> Linear(hidden) -> ReLU -> (mu, logvar), each Linear(hidden -> latent)
     z        mu + exp(0.5 * logvar) * eps,  eps ~ N(0, I)
     decoder  z -> Linear(hidden) -> ReLU -> Linear(784) -> Bernoulli logits
 
-a convolutional one sized for 28x28 (`arch="conv"`): two stride-2 convolutions (28 -> 14 -> 7)
-before the hidden layer, and their transposes after it, then a per-pixel output bias; and a
-residual one (`arch="resnet"`), the same shape with a residual block at 14x14 and at 7x7 on each
-side, for the best likelihood (the headline recipe, `configs/gpu_binarized.yaml`).
+a convolutional one (`arch="conv"`): two stride-2 convolutions (28 -> 14 -> 7) before the hidden
+layer, and their transposes after it, then a per-sub-pixel output bias; and a residual one
+(`arch="resnet"`), the same shape with a residual block at 14x14 and at 7x7 on each side, for the
+best likelihood (the headline recipe, `configs/gpu_binarized.yaml`).
 
-Images go in as (B, 1, 28, 28) floats in [0, 1]; the decoder returns logits of the same shape, so
-the loss (`vae.elbo`) never needs to know which architecture produced them.
+Every architecture takes any image shape C x H x W (`image_shape`, from the data); the
+convolutional ones halve the sides twice, so they need H and W divisible by 4. The decoder outputs
+what the likelihood (`vae.elbo.LIKELIHOODS`) needs per sub-pixel: C channels of Bernoulli logits,
+or 2C (a mean and a log-scale) for the discretised logistic.
+
+Images go in as (B, C, H, W) floats in [0, 1]; the decoder returns (B, k C, H, W), so the loss
+(`vae.elbo`) never needs to know which architecture produced it.
 """
+
+import math
 
 import torch
 from torch import nn
 
-IMAGE_SHAPE = (1, 28, 28)
-IMAGE_PIXELS = 28 * 28
+from vae.elbo import LIKELIHOODS
 
 
 class PixelBias(nn.Module):
-    """A learned logit offset per pixel, for a last layer whose own bias is one per channel."""
+    """A learned offset per output (channel, row, column), for a last layer whose own bias is one per channel."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape: tuple[int, int, int]) -> None:
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(IMAGE_SHAPE))
+        self.bias = nn.Parameter(torch.zeros(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias
 
 
-def mlp(hidden_dim: int, latent_dim: int) -> tuple[nn.Module, nn.Module]:
-    """(encoder x -> h, decoder z -> logits) of the classic MLP VAE."""
-    encoder = nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_PIXELS, hidden_dim), nn.ReLU())
+def mlp(
+    hidden_dim: int, latent_dim: int, image_shape: tuple[int, int, int], out_channels: int
+) -> tuple[nn.Module, nn.Module]:
+    """(encoder x -> h, decoder z -> output) of the classic MLP VAE, for any image shape."""
+    _, height, width = image_shape
+    output_shape = (out_channels, height, width)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(image_shape), hidden_dim), nn.ReLU())
     decoder = nn.Sequential(
         nn.Linear(latent_dim, hidden_dim),
         nn.ReLU(),
-        nn.Linear(hidden_dim, IMAGE_PIXELS),  # its bias is one per pixel already
-        nn.Unflatten(1, IMAGE_SHAPE),
+        nn.Linear(hidden_dim, math.prod(output_shape)),  # its bias is one per output already
+        nn.Unflatten(1, output_shape),
     )
     return encoder, decoder
 
 
-def conv(hidden_dim: int, latent_dim: int, channels: int = 64) -> tuple[nn.Module, nn.Module]:
-    """(encoder x -> h, decoder z -> logits): stride-2 convolutions 28 -> 14 -> 7 and back."""
+def _quarter_size(arch: str, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(H / 4, W / 4): the size after two stride-2 convolutions, for sides they divide exactly."""
+    _, height, width = image_shape
+    if height % 4 or width % 4:
+        raise ValueError(
+            f"--model.arch {arch} halves the images twice, so their height and width must be divisible by 4 "
+            f"(e.g. 28x28, 32x32, 64x64); these are {height}x{width}: resize them to such a size, "
+            "or use --model.arch mlp."
+        )
+    return height // 4, width // 4
+
+
+def conv(
+    hidden_dim: int, latent_dim: int, image_shape: tuple[int, int, int], out_channels: int, channels: int = 64
+) -> tuple[nn.Module, nn.Module]:
+    """(encoder x -> h, decoder z -> output): stride-2 convolutions H -> H/2 -> H/4 and back."""
     c, half = channels, channels // 2
+    h, w = _quarter_size("conv", image_shape)
     encoder = nn.Sequential(
-        nn.Conv2d(1, half, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(image_shape[0], half, 4, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(half, c, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(c * 7 * 7, hidden_dim), nn.ReLU(),
+        nn.Flatten(), nn.Linear(c * h * w, hidden_dim), nn.ReLU(),
     )  # fmt: skip
     decoder = nn.Sequential(
         nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
-        nn.Linear(hidden_dim, c * 7 * 7), nn.ReLU(), nn.Unflatten(1, (c, 7, 7)),
+        nn.Linear(hidden_dim, c * h * w), nn.ReLU(), nn.Unflatten(1, (c, h, w)),
         nn.ConvTranspose2d(c, half, 4, stride=2, padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(half, 1, 4, stride=2, padding=1, bias=False),
-        PixelBias(),
+        nn.ConvTranspose2d(half, out_channels, 4, stride=2, padding=1, bias=False),
+        PixelBias((out_channels, *image_shape[1:])),
     )  # fmt: skip
     return encoder, decoder
 
@@ -84,21 +109,24 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def resnet(hidden_dim: int, latent_dim: int, channels: int = 64) -> tuple[nn.Module, nn.Module]:
-    """(encoder x -> h, decoder z -> logits): `conv`'s 28 -> 14 -> 7 and back, with a residual
+def resnet(
+    hidden_dim: int, latent_dim: int, image_shape: tuple[int, int, int], out_channels: int, channels: int = 64
+) -> tuple[nn.Module, nn.Module]:
+    """(encoder x -> h, decoder z -> output): `conv`'s H -> H/2 -> H/4 and back, with a residual
     block at each resolution on each side (ELU, as in Kingma et al. 2016's ResNet VAE)."""
     c = channels
+    h, w = _quarter_size("resnet", image_shape)
     encoder = nn.Sequential(
-        nn.Conv2d(1, c, 4, stride=2, padding=1), ResidualBlock(c),  # 14x14
-        nn.ELU(), nn.Conv2d(c, c, 4, stride=2, padding=1), ResidualBlock(c),  # 7x7
-        nn.ELU(), nn.Flatten(), nn.Linear(c * 7 * 7, hidden_dim), nn.ELU(),
+        nn.Conv2d(image_shape[0], c, 4, stride=2, padding=1), ResidualBlock(c),  # H/2 (14x14 for MNIST)
+        nn.ELU(), nn.Conv2d(c, c, 4, stride=2, padding=1), ResidualBlock(c),  # H/4 (7x7)
+        nn.ELU(), nn.Flatten(), nn.Linear(c * h * w, hidden_dim), nn.ELU(),
     )  # fmt: skip
     decoder = nn.Sequential(
         nn.Linear(latent_dim, hidden_dim), nn.ELU(),
-        nn.Linear(hidden_dim, c * 7 * 7), nn.Unflatten(1, (c, 7, 7)), ResidualBlock(c),  # 7x7
-        nn.ELU(), nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), ResidualBlock(c),  # 14x14
-        nn.ELU(), nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1, bias=False),  # 28x28
-        PixelBias(),
+        nn.Linear(hidden_dim, c * h * w), nn.Unflatten(1, (c, h, w)), ResidualBlock(c),  # H/4
+        nn.ELU(), nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), ResidualBlock(c),  # H/2
+        nn.ELU(), nn.ConvTranspose2d(c, out_channels, 4, stride=2, padding=1, bias=False),  # H
+        PixelBias((out_channels, *image_shape[1:])),
     )  # fmt: skip
     return encoder, decoder
 
@@ -106,27 +134,53 @@ def resnet(hidden_dim: int, latent_dim: int, channels: int = 64) -> tuple[nn.Mod
 ARCHITECTURES = {"mlp": mlp, "conv": conv, "resnet": resnet}
 
 
-def _output_bias_layer(decoder: nn.Module) -> nn.Module | None:
-    """The decoder's last layer with one bias per pixel (the one `init_output_bias` sets), if any."""
+def _output_bias_layer(decoder: nn.Module, outputs: int) -> nn.Module | None:
+    """The decoder's last layer with one bias per output (the one `init_output_bias` sets), if any."""
     for layer in reversed(list(decoder.modules())):
         bias = getattr(layer, "bias", None)
-        if isinstance(bias, nn.Parameter) and bias.numel() == IMAGE_PIXELS:
+        if isinstance(bias, nn.Parameter) and bias.numel() == outputs:
             return layer
     return None
 
 
-class VAE(nn.Module):
-    """q(z|x) = N(mu, exp(logvar)), p(z) = N(0, I), p(x|z) Bernoulli, around an encoder/decoder pair."""
+def _checked_shape(image_shape) -> tuple[int, int, int]:
+    """(C, H, W) as a tuple (a checkpoint or the command line may give a list), or a one-line error."""
+    shape = tuple(image_shape)
+    if len(shape) != 3 or not all(isinstance(n, int) and n > 0 for n in shape):
+        raise ValueError(
+            f"--model.image_shape must be (channels, height, width), three positive integers; got {image_shape}."
+        )
+    return shape
 
-    def __init__(self, hidden_dim: int = 512, latent_dim: int = 20, arch: str = "mlp") -> None:
+
+class VAE(nn.Module):
+    """q(z|x) = N(mu, exp(logvar)), p(z) = N(0, I), p(x|z) from `likelihood`, around an encoder/decoder pair.
+
+    `image_shape` (C, H, W) is the shape of the images; `likelihood` names p(x|z) in
+    `vae.elbo.LIKELIHOODS` and fixes how many outputs per sub-pixel the decoder has.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int = 512,
+        latent_dim: int = 20,
+        arch: str = "mlp",
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        likelihood: str = "bernoulli",
+    ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"--model.arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}.")
-        self.latent_dim = latent_dim
-        self.encoder, self.decoder = ARCHITECTURES[arch](hidden_dim, latent_dim)
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"--model.likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}.")
+        self.latent_dim, self.image_shape = latent_dim, _checked_shape(image_shape)
+        self.likelihood = LIKELIHOODS[likelihood]
+        out_channels = self.likelihood.outputs_per_channel * self.image_shape[0]
+        self.encoder, self.decoder = ARCHITECTURES[arch](hidden_dim, latent_dim, self.image_shape, out_channels)
         # A plain reference, not a registered submodule: the layer's weights stay in state_dict once,
         # under decoder.*, so checkpoints keep their keys.
-        self.__dict__["output_layer"] = _output_bias_layer(self.decoder)
+        outputs = out_channels * self.image_shape[1] * self.image_shape[2]
+        self.__dict__["output_layer"] = _output_bias_layer(self.decoder, outputs)
         self.to_mu = nn.Linear(hidden_dim, latent_dim)
         self.to_logvar = nn.Linear(hidden_dim, latent_dim)
 
@@ -141,36 +195,41 @@ class VAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli logits of p(x|z), (B, 1, 28, 28). Apply sigmoid for pixel means."""
+        """The parameters of p(x|z), (B, k C, H, W): Bernoulli logits (k = 1), or the discretised
+        logistics' means then log-scales (k = 2). `decode_means` gives pixel means."""
         return self.decoder(z)
 
+    def decode_means(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z], the pixel means of p(x|z), in [0, 1], (B, C, H, W)."""
+        return self.likelihood.pixel_means(self.decode(z))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One stochastic pass: (logits, mu, logvar)."""
+        """One stochastic pass: (decoder output, mu, logvar)."""
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar)), mu, logvar
 
     @torch.no_grad()
     def init_output_bias(self, pixel_mean: torch.Tensor) -> None:
-        """Start the decoder at the data's marginal: sigmoid(bias) = mean of each pixel.
+        """Start the decoder at the data's marginal, from each sub-pixel's mean (C, H, W): the
+        Bernoulli's mean is it, the logistic is centred on it (`Likelihood.start`).
 
-        Before any learning, every reconstruction is then the average digit rather than grey
+        Before any learning, every reconstruction is then the average image rather than grey
         noise, which removes the first epoch's detour (Burda et al. 2015 initialise this way).
         """
         if self.output_layer is None:
             raise ValueError("this decoder has no per-pixel output bias to start at the pixel means")
-        eps = 1.0 / 255
         bias = self.output_layer.bias
-        bias.copy_(torch.logit(pixel_mean.clamp(eps, 1 - eps)).reshape_as(bias).to(bias.device))
+        bias.copy_(self.likelihood.start(pixel_mean).reshape_as(bias).to(bias.device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """x decoded from the mean of q(z|x), as pixel means in [0, 1]: the noise-free reconstruction."""
         mu, _ = self.encode(x)
-        return torch.sigmoid(self.decode(mu))
+        return self.decode_means(mu)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images from the prior, as pixel means in [0, 1], (n, 1, 28, 28).
+        """n images from the prior, as pixel means in [0, 1], (n, C, H, W).
 
         z is drawn on the generator's device and then moved to the model's (and its dtype), so a CPU
         generator works with a model on a GPU, and a seed gives the same z wherever the model is.
@@ -178,4 +237,4 @@ class VAE(nn.Module):
         weight = next(self.parameters())
         noise_device = weight.device if generator is None else generator.device
         z = torch.randn(n, self.latent_dim, generator=generator, device=noise_device)
-        return torch.sigmoid(self.decode(z.to(weight.device, weight.dtype)))
+        return self.decode_means(z.to(weight.device, weight.dtype))

@@ -1,14 +1,16 @@
 """The LightningModule: the VAE, its loss, its optimiser, and what is logged.
 
-Metrics are per image, in nats. Validation and test use torchmetrics' `MeanMetric` over every
-image's value, so an epoch's number is the exact mean over the whole set (not a mean of batch
-means, which weights a short last batch wrongly), and is reduced across devices under DDP.
+Metrics are per image, in nats, whichever likelihood (`test/nll_bpd` alone is in bits per
+sub-pixel). Validation and test use torchmetrics' `MeanMetric` over every image's value, so an
+epoch's number is the exact mean over the whole set (not a mean of batch means, which weights a
+short last batch wrongly), and is reduced across devices under DDP.
 
 Test also logs `test/nll`, the importance-weighted estimate of -log p(x) with `iw_samples`
-samples per image: the number papers report. Validation does not: it costs k decoder passes
-per image, and the negative ELBO already tells which epoch is best. With `iw_samples` > 0, the
-test ELBO comes from the same k samples as `test/nll` (its reconstruction term averaged over them,
-its KL analytic), so `test/loss` does not move with the noise of a single draw.
+samples per image: the number papers report; and `test/nll_bpd`, the same in bits per dimension,
+nll / (C H W ln 2), the unit of papers on natural images. Validation does not: it costs k decoder
+passes per image, and the negative ELBO already tells which epoch is best. With `iw_samples` > 0,
+the test ELBO comes from the same k samples as `test/nll` (its reconstruction term averaged over
+them, its KL analytic), so `test/loss` does not move with the noise of a single draw.
 """
 
 import math
@@ -51,6 +53,12 @@ class VAEModule(LightningModule):
         hidden_dim: width of the encoder's and the decoder's hidden layer.
         latent_dim: dimensions of z.
         arch: "mlp" (the classic 784-hidden-latent network), "conv" or "resnet" (see `vae.model`).
+        image_shape: (channels, height, width) of the images. The command line takes it from the
+            data (`image_shape` of the datamodule); it is saved with the checkpoint, so a loaded model
+            knows what it draws.
+        likelihood: p(x|z) per sub-pixel (`vae.elbo.LIKELIHOODS`): "bernoulli" (logits; for binary or
+            grey MNIST) or "logistic", a discretised logistic per 8-bit value (a mean and a log-scale
+            per sub-pixel), whose `test/nll` is a true negative log-likelihood of the bytes.
         lr: Adam's (peak) learning rate.
         lr_schedule: "constant", or "cosine": from `lr` down to 0 over the run's planned steps
             (`max_epochs` or `max_steps`; a run cut short by `max_time` stops before the end).
@@ -66,9 +74,9 @@ class VAEModule(LightningModule):
             (Burda et al. 2015's IWAE) instead of the ELBO: tighter, so the model is fitted to a
             better estimate of log p(x), at k decoder passes per image. The KL weight (beta, warm-up)
             scales log p(z) - log q(z|x) inside each weight. 1: the ELBO, with its analytic KL.
-        init_output_bias: start the decoder's output bias at the logit of each pixel's mean over the
-            training images (taken from the datamodule's `pixel_mean()`); a checkpoint's weights,
-            when resuming, replace it.
+        init_output_bias: start the decoder's output bias at each sub-pixel's mean over the training
+            images (the datamodule's `pixel_mean()`): the Bernoulli's mean, the logistic's centre; a
+            checkpoint's weights, when resuming, replace it.
         iw_samples: importance samples per test image for `test/nll` (0: no `test/nll`). An evaluation
             setting, not part of the trained model: `test` takes it from the command line, never
             from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
@@ -88,6 +96,8 @@ class VAEModule(LightningModule):
         hidden_dim: int = 512,
         latent_dim: int = 20,
         arch: str = "mlp",
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        likelihood: str = "bernoulli",
         lr: float = 1e-3,
         lr_schedule: str = "constant",
         beta: float = 1.0,
@@ -128,11 +138,12 @@ class VAEModule(LightningModule):
                 f"--model.matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {matmul_precision!r}."
             )
         self.save_hyperparameters()
-        self.model = VAE(hidden_dim, latent_dim, arch)
+        self.model = VAE(hidden_dim, latent_dim, arch, image_shape, likelihood)
+        self.log_likelihood = self.model.likelihood.log_likelihood
         self.metrics = nn.ModuleDict(
             {
                 "val": nn.ModuleDict({term: _mean() for term in TERMS}),
-                "test": nn.ModuleDict({term: _mean() for term in (*TERMS, "nll")}),
+                "test": nn.ModuleDict({term: _mean() for term in (*TERMS, "nll", "nll_bpd")}),
             }
         )
         self.latent_usage = nn.ModuleDict({stage: LatentUsage(latent_dim) for stage in ("val", "test")})
@@ -145,6 +156,13 @@ class VAEModule(LightningModule):
         torch.backends.cudnn.allow_tf32 = self.hparams.matmul_precision != "highest"
         self._own_random_stream()
         datamodule = self.trainer.datamodule
+        data_shape = getattr(datamodule, "image_shape", None)
+        if data_shape is not None and tuple(data_shape) != self.model.image_shape:
+            raise ValueError(
+                f"The data's images are {'x'.join(map(str, data_shape))} but this model is for "
+                f"{'x'.join(map(str, self.model.image_shape))} images: use the data it was trained on, "
+                "or train a new model on this data."
+            )
         if stage == "fit" and self.hparams.init_output_bias and hasattr(datamodule, "pixel_mean"):
             self.model.init_output_bias(datamodule.pixel_mean())
 
@@ -250,11 +268,11 @@ class VAEModule(LightningModule):
         if k > 1:
             mu, logvar = self.model.encode(x)
             z = self.model.reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, B, latent)
-            log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self._decode)
+            log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self._decode, self.log_likelihood)
             objective = negative_iw_bound(log_px_z + weight * log_prior_ratio).mean()
             return -log_px_z.mean(0) + gaussian_kl(mu, logvar), objective
-        logits, mu, logvar = self.model(x)
-        loss, recon, kl = negative_elbo(logits, x, mu, logvar)
+        output, mu, logvar = self.model(x)
+        loss, recon, kl = negative_elbo(output, x, mu, logvar, self.log_likelihood)
         if self.hparams.free_bits:
             return loss, recon.mean() + weight * free_bits_kl(mu, logvar, self.hparams.free_bits)
         return loss, loss.mean() if weight == 1 else (recon + weight * kl).mean()
@@ -312,10 +330,11 @@ class VAEModule(LightningModule):
             return
         x, _ = batch
         mu, logvar = self.model.encode(x)
-        nll, recon = importance_weighted_terms(x, mu, logvar, self._decode, k)
+        nll, recon = importance_weighted_terms(x, mu, logvar, self._decode, k, log_likelihood=self.log_likelihood)
         kl = gaussian_kl(mu, logvar)
         self._log_elbo_terms("test", (recon + kl, recon, kl), mu, logvar)
         self._log_mean("test", "nll", nll)
+        self._log_mean("test", "nll_bpd", nll / (math.prod(self.model.image_shape) * math.log(2)))
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """The posterior q(z|x) of each image, with its label: what a latent-space analysis needs."""
@@ -324,11 +343,11 @@ class VAEModule(LightningModule):
         return {"mu": mu, "logvar": logvar, "label": labels}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images from the prior, as pixel means in [0, 1], (n, 1, 28, 28)."""
+        """n images from the prior, as pixel means in [0, 1], (n, C, H, W)."""
         return self.model.sample(n, generator)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior-mean reconstructions of x ((B, 1, 28, 28) in [0, 1]), as pixel means."""
+        """Posterior-mean reconstructions of x ((B, C, H, W) in [0, 1]), as pixel means."""
         return self.model.reconstruct(x)
 
     def configure_optimizers(self):  # -> Optimizer, or {"optimizer", "lr_scheduler"}
@@ -343,8 +362,8 @@ class VAEModule(LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         """The negative ELBO of each image from one stochastic pass."""
         x, _ = batch
-        logits, mu, logvar = self.model(x)
-        self._log_elbo_terms(stage, negative_elbo(logits, x, mu, logvar), mu, logvar)
+        output, mu, logvar = self.model(x)
+        self._log_elbo_terms(stage, negative_elbo(output, x, mu, logvar, self.log_likelihood), mu, logvar)
 
     def _log_elbo_terms(
         self, stage: str, terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mu: torch.Tensor, logvar: torch.Tensor

@@ -1,8 +1,9 @@
 """Pictures of what a VAE has learnt, as image tensors (3, H, W) in [0, 1], on the CPU.
 
 Shared by `sample.py` (PNG files) and the `ImageGrids` callback (TensorBoard), so both show the
-same thing. Each takes the plain `VAE` and images as the model receives them, (B, 1, 28, 28) in
-[0, 1]. Grids are white-lined, and digits are white on black, as MNIST is.
+same thing. Each takes the plain `VAE` and images as the model receives them, (B, C, H, W) in
+[0, 1], grey (C = 1) or colour (C = 3); decoded images are the pixel means of p(x|z), whichever the
+likelihood. Grids are white-lined; the images are shown as they are (MNIST's digits white on black).
 """
 
 import math
@@ -12,7 +13,7 @@ from torchvision.utils import make_grid
 
 from vae.model import VAE
 
-# Ten colours that stay apart on white (matplotlib's "tab10"), one per digit.
+# Ten colours that stay apart on white (matplotlib's "tab10"), one per label (label % 10 beyond ten).
 PALETTE = torch.tensor(
     [
         [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -42,7 +43,7 @@ def interpolation_grid(model: VAE, a: torch.Tensor, b: torch.Tensor, steps: int 
     (mu_a, _), (mu_b, _) = model.encode(a), model.encode(b)
     t = torch.linspace(0, 1, steps, device=mu_a.device, dtype=mu_a.dtype).view(1, steps, 1)
     z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # (pairs, steps, latent)
-    return image_grid(torch.sigmoid(model.decode(z.flatten(0, 1))), nrow=steps)
+    return image_grid(model.decode_means(z.flatten(0, 1)), nrow=steps)
 
 
 @torch.no_grad()
@@ -57,7 +58,7 @@ def manifold_grid(model: VAE, n: int = 20) -> torch.Tensor:
     weight = next(model.parameters())
     q = torch.special.ndtri((torch.arange(n, device=weight.device) + 0.5) / n).to(weight.dtype)
     z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
-    return image_grid(torch.sigmoid(model.decode(torch.stack([z1, z2], -1).view(-1, 2))), nrow=n)
+    return image_grid(model.decode_means(torch.stack([z1, z2], -1).view(-1, 2)), nrow=n)
 
 
 @torch.no_grad()
@@ -66,7 +67,8 @@ def latent_scatter(model: VAE, x: torch.Tensor, labels: torch.Tensor, size: int 
 
     No plotting library: dots are set straight into an image tensor. Faint lines mark every
     integer value of z1 and z2, darker at 0; z1 runs left to right, z2 bottom to top. The legend,
-    in a column on the right, is each digit's mean image in its colour, 0 at the top.
+    in a column on the right, is the mean image of each of the labels 0-9, 0 at the top: a grey
+    image as ink in the label's colour on white, a colour image as it is, framed in that colour.
     """
     if model.latent_dim != 2:
         raise ValueError(f"a latent scatter needs latent_dim 2, this model has {model.latent_dim}.")
@@ -85,15 +87,19 @@ def latent_scatter(model: VAE, x: torch.Tensor, labels: torch.Tensor, size: int 
     cols, rows = pixel(mu[:, 0]), size - 1 - pixel(mu[:, 1])
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            canvas[:, (rows + dy).clamp(0, size - 1), (cols + dx).clamp(0, size - 1)] = PALETTE[labels].T
+            canvas[:, (rows + dy).clamp(0, size - 1), (cols + dx).clamp(0, size - 1)] = PALETTE[labels % 10].T
 
     tile = size // 10
     legend = torch.ones(3, size, tile)
-    for digit in range(10):
-        if (labels == digit).any():
-            ink = x[labels == digit].mean(0)  # (1, 28, 28) in [0, 1]
-            tinted = 1 - ink * (1 - PALETTE[digit].view(3, 1, 1))  # the digit's colour on white
-            legend[:, digit * tile : (digit + 1) * tile] = torch.nn.functional.interpolate(
-                tinted.unsqueeze(0), size=(tile, tile), mode="bilinear"
-            )[0]
+    for label in range(10):
+        if (labels == label).any():
+            mean_image = x[labels == label].mean(0)  # (C, H, W) in [0, 1]
+            colour, grey = PALETTE[label].view(3, 1, 1), len(mean_image) == 1
+            if grey:  # the image's ink in the label's colour on white
+                mean_image = 1 - mean_image * (1 - colour)
+            cell = legend[:, label * tile : (label + 1) * tile]
+            cell[:] = torch.nn.functional.interpolate(mean_image.unsqueeze(0), size=(tile, tile), mode="bilinear")[0]
+            if not grey:  # the image as it is, framed in the label's colour
+                frame = max(1, tile // 14)
+                cell[:, :frame], cell[:, -frame:], cell[:, :, :frame], cell[:, :, -frame:] = (colour,) * 4
     return torch.cat([canvas, legend], dim=2)

@@ -4,7 +4,7 @@ The file is a dict of plain tensors, loadable with `torch.load(path, weights_onl
 
     mu      (N, latent_dim)  posterior means of the test images
     logvar  (N, latent_dim)  posterior log-variances
-    label   (N,)             the digits
+    label   (N,)             the labels (the digits, for MNIST)
     index   (N,)             each row's position in the test set (the files are in test-set order)
 
 Under DDP every rank predicts its own share of the test set and writes `predictions-rank<R>.pt`
