@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> Path:
         with torch.no_grad():
             samples = torch.cat([model.sample(min(1000, n - i), generator).cpu() for i in range(0, n, 1000)])
         pictures["prior"] = image_grid(samples[:GRID])
-        pictures["reconstructions"] = reconstruction_grid(model, x_test[:GRID].to(device))
+        pictures["reconstructions"] = reconstruction_grid(model, x_test[: GRID // 2].to(device))
         informative = kl_per_dim.argsort(descending=True)[: int(active)].tolist()
         if informative:
             pictures["traversals"] = traversal_grid(model, informative, TRAVERSAL)
@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None) -> Path:
             "torch": torch.__version__,
             "lightning": lightning.__version__,
         },
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads",
         "training_wall_s": round(train_seconds, 1) if train_seconds is not None else None,
     }
     times["total"] = round(time.perf_counter() - start, 1)
@@ -376,8 +378,10 @@ def main(argv: list[str] | None = None) -> Path:
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
     report["run"]["logged_to"] = to_logger(run, saved.get("global_step", 0), scalars, pictures)
+    report = {key: report[key] for key in ("sample_quality", "latents", "likelihood", "run", "times_s")}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "index.html").write_text(page(report, sorted(pictures), curves))
+    widths = {name: min(int(1.5 * picture.shape[-1]), 600) for name, picture in pictures.items()}
+    (out / "index.html").write_text(page(report, widths, curves))
     print(out / "index.html")
     return out
 
@@ -393,8 +397,13 @@ def _run_seed(config: Path | None) -> int | None:
     return None
 
 
-def page(report: dict, pictures: list[str], curves: dict[str, list[tuple[int, float]]]) -> str:
-    """The HTML of the report: sections in the order a reader asks their questions."""
+def page(report: dict, pictures: dict[str, int], curves: dict[str, list[tuple[int, float]]]) -> str:
+    """The HTML of the report, sections in the order a reader asks their questions; `pictures` gives each
+    PNG's width on the page (larger than its pixels: digits are small)."""
+
+    def figure(name: str, caption: str) -> str:
+        return html.figure(f"{name}.png", caption, pictures[name])
+
     quality, latents, likelihood, run = (
         report["sample_quality"],
         report["latents"],
@@ -422,7 +431,7 @@ def page(report: dict, pictures: list[str], curves: dict[str, list[tuple[int, fl
             "Not an FID: the features are those of a small CNN trained on this data set's training split "
             "(docs/report.md), so the numbers compare runs on the same data, not with published FIDs."
         )
-    body += html.figure("prior.png", "prior samples (pixel means)")
+    body += figure("prior", "prior samples (pixel means)")
     sections.append(("Samples", body))
 
     rows = [
@@ -441,11 +450,11 @@ def page(report: dict, pictures: list[str], curves: dict[str, list[tuple[int, fl
         ]  # fmt: skip
         probes = ""
     body = html.table(rows) + probes
-    if "traversals.png" in [f"{p}.png" for p in pictures]:
-        body += html.figure("traversals.png", "latent traversals: z = 0, one dimension from -3 to 3 per row")
+    if "traversals" in pictures:
+        body += figure("traversals", "latent traversals: z = 0, one dimension from -3 to 3 per row")
     scatter = "posterior means" if latents["latent_dim"] == 2 else "posterior means on their first two principal axes"
-    body += html.figure("posterior_means.png", f"{scatter}, coloured by label", width=560)
-    body += html.figure("reconstructions.png", "test images, each row above its reconstructions")
+    body += figure("posterior_means", f"{scatter}, coloured by label")
+    body += figure("reconstructions", "test images, each row above its reconstructions")
     sections.append(("Latents", body))
 
     rows = [
@@ -462,14 +471,13 @@ def page(report: dict, pictures: list[str], curves: dict[str, list[tuple[int, fl
              "1: every out-of-distribution image less likely than every test image; 0.5: no better than chance; "
              "below 0.5: the model prefers them"),
         ]  # fmt: skip
-        rows.append(("images", likelihood["ood_images"], "out-of-distribution images scored"))
     body = html.table(rows)
     if "ood_auroc" not in likelihood:
         body += html.paragraph("No out-of-distribution set given (report.py --ood SOURCE).")
-    body += html.figure("most_likely.png", "the most likely test images (lowest NLL)")
-    body += html.figure("least_likely.png", "the least likely test images (highest NLL)")
+    body += figure("most_likely", "the most likely test images (lowest NLL)")
+    body += figure("least_likely", "the least likely test images (highest NLL)")
     if "ood_most_likely" in pictures:
-        body += html.figure("ood_most_likely.png", "the out-of-distribution images the model finds most likely")
+        body += figure("ood_most_likely", "the out-of-distribution images the model finds most likely")
     sections.append(("Likelihood and anomalies", body))
 
     charts = "".join(

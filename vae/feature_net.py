@@ -18,20 +18,21 @@ from torch import nn
 
 FEATURES = 64
 WIDTH = 16
+POOL = 7  # the feature maps are averaged down to POOL x POOL (28 x 28 images: 7 x 7 already, a no-op)
 EPOCHS = 2
 BATCH_SIZE = 128
 SEED = 0
 
 
 class Classifier(nn.Module):
-    """Two stride-2 convolutions, an average pool to 4 x 4 (any image size), a 64-wide feature layer, a linear head."""
+    """Two stride-2 convolutions, an average pool to 7 x 7 (any image size), a 64-wide feature layer, a linear head."""
 
     def __init__(self, channels: int, classes: int, width: int = WIDTH, features: int = FEATURES) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, width, 5, stride=2, padding=2), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 5, stride=2, padding=2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(2 * width * 16, features), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(POOL), nn.Flatten(), nn.Linear(2 * width * POOL * POOL, features), nn.ReLU(),
         )  # fmt: skip
         self.body.num_features = features  # what torchmetrics' FrechetInceptionDistance reads
         self.head = nn.Linear(features, classes)
@@ -62,18 +63,26 @@ def train_classifier(
     `to_float` makes a batch of stored images what the VAE sees, floats (B, C, H, W) in [0, 1] (the data
     module's own transfer step, so a binarised run's classifier sees binary images). The global random
     state is left as it was.
+
+    On one thread: batches of 128 small images gain little from a second one, and on shared cores
+    two threads spend more time waiting for each other than computing (docs/report.md, "Time").
     """
     classes = int(labels.max()) + 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        classifier = Classifier(to_float(images[:1]).shape[1], classes)
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
-        for _ in range(epochs):
-            for batch in torch.randperm(len(labels)).split(BATCH_SIZE):
-                loss = nn.functional.cross_entropy(classifier(to_float(images[batch])), labels[batch].long())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            classifier = Classifier(to_float(images[:1]).shape[1], classes)
+            optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+            for _ in range(epochs):
+                for batch in torch.randperm(len(labels)).split(BATCH_SIZE):
+                    loss = nn.functional.cross_entropy(classifier(to_float(images[batch])), labels[batch].long())
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     return classifier.eval()
 
 
@@ -86,9 +95,11 @@ def cached_classifier(
 ) -> tuple[Classifier, Path, bool]:
     """(the classifier for this training set, its file, whether it was trained now rather than read).
 
-    The file `classifier-<checksum>-e<epochs>.pt` holds plain tensors and sizes, read with weights_only=True.
+    The file `classifier-<data checksum>-<network and training>.pt` holds plain tensors and sizes, read
+    with weights_only=True; another network or training length is another file.
     """
-    path = cache_dir / f"classifier-{data_checksum(images, labels)[:16]}-e{epochs}.pt"
+    recipe = f"w{WIDTH}f{FEATURES}p{POOL}e{epochs}s{SEED}"
+    path = cache_dir / f"classifier-{data_checksum(images, labels)[:16]}-{recipe}.pt"
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         classifier = Classifier(saved["channels"], saved["classes"])
