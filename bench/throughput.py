@@ -179,9 +179,14 @@ def startup_and_memory(data_dir: str, accelerator: str) -> tuple[float, float, f
     with tempfile.TemporaryDirectory() as cwd:
         cmd = [sys.executable, str(REPO / "train.py"), "--trainer.max_epochs=1", f"--data.data_dir={data_dir}"]
         cmd += [f"--trainer.accelerator={accelerator}", "--trainer.callbacks+=throughput.ChildReport"]
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+        # bench/ for ChildReport, before whatever PYTHONPATH holds (the device kit's packages, on a GPU machine)
+        paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         launched = time.time()
-        out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
+        child = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        if child.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
+        out = child.stdout
     first_step = float(re.search(r"FIRST_STEP_AT (\S+)", out).group(1))
     peak_kib = int(re.search(r"PEAK_RSS_KIB (\d+)", out).group(1))
     gpu = re.search(r"PEAK_GPU_MIB (\d+)", out)

@@ -7,8 +7,8 @@ every rank applies the same test-only patches before it calls `vae.cli.main()`:
 - evaluation decodes the posterior mean (`posterior_mean_in_eval`), so that metrics depend on the
   weights only and can be compared between runs with different numbers of ranks.
 Each rank also records what it fetched, and for every pass over a DataLoader the sampler Lightning
-gave it and the indices `__getitems__` received; at exit it writes them to `ddp-record-rank<R>.json`
-in the working directory, for the test to read.
+gave it, a digest of its random state as the pass starts and the indices `__getitems__` received;
+at exit it writes them to `ddp-record-rank<R>.json` in the working directory, for the test to read.
 
 With `SIGKILL_IN_WRITE_AT_STEP=N` in the environment, rank 0 SIGKILLs its whole process group
 (itself and the ranks it started) half-way through writing the checkpoint of optimiser step N: a
@@ -78,7 +78,10 @@ def main() -> None:
     dataloader_iter, getitems = DataLoader.__iter__, InMemoryMNIST.__getitems__
 
     def recording_iter(self: DataLoader):
-        record["passes"].append({"sampler": type(self.sampler).__name__, "size": len(self.dataset), "batches": []})
+        rng = hashlib.md5(torch.get_rng_state().numpy().tobytes()).hexdigest()  # the noise this pass will draw
+        record["passes"].append(
+            {"sampler": type(self.sampler).__name__, "size": len(self.dataset), "batches": [], "rng": rng}
+        )
         return dataloader_iter(self)
 
     def recording_getitems(self: InMemoryMNIST, indices: list[int]):

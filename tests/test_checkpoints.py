@@ -128,3 +128,23 @@ def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(
     with pytest.raises(NonFiniteLossError, match=r"nan at global step 4 .*last good checkpoint is .*last\.ckpt"):
         run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
     assert last.read_bytes() == before
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # a copy of a run, see copy_of_trained_run
+def test_a_checkpoint_written_on_a_gpu_is_tested_and_resumed_on_a_machine_without_one(
+    copy_of_trained_run, monkeypatch, data_dir
+):
+    """Train on a GPU, evaluate on a laptop: a GPU's `torch.save` tags every storage (weights, Adam's
+    moments, callbacks' scores) with its device, and this machine has no CUDA."""
+    last = copy_of_trained_run / "lightning_logs/version_0/checkpoints/last.ckpt"
+    with monkeypatch.context() as saving_on_a_gpu:
+        saving_on_a_gpu.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(torch.load(last, weights_only=True), last)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="Attempting to deserialize object on a CUDA device"):
+        torch.load(last, weights_only=True)  # the file does claim a device this machine lacks
+
+    cli = run_cli("test", "--ckpt_path", "last", "--model.iw_samples", "2", data_dir=data_dir)
+    assert cli.trainer.callback_metrics["test/nll"].isfinite()
+    cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
+    assert cli.trainer.global_step == 6 and cli.model.device.type == "cpu"

@@ -12,8 +12,10 @@ def test_a_compiled_fit_writes_an_ordinary_checkpoint_and_compile_is_a_setting_o
     tmp_path, monkeypatch, data_dir
 ):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli("fit", "--trainer.max_epochs", "1", "--model.compile", "true", data_dir=data_dir)
+    iwae = ("--model.train_iw_samples", "2")  # its objective calls the decoder outside VAE.forward
+    cli = run_cli("fit", "--trainer.max_epochs", "1", "--model.compile", "true", *iwae, data_dir=data_dir)
     assert cli.model.model._compiled_call_impl is not None  # the forward pass ran compiled
+    assert hasattr(cli.model._decode, "_torchdynamo_orig_callable")  # the IWAE objective's decoder too
     ckpt = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["state_dict"].keys() == VAEModule(hidden_dim=32, latent_dim=4).state_dict().keys()

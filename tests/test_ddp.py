@@ -10,6 +10,7 @@ fault test of DDP (tests/test_fault.py kills a single process at random moments)
 file that launches DDP processes (see `xdist_group` in conftest.py).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -57,7 +58,7 @@ def start_ddp(cwd: Path, args: list[str], kill_at_step: int | None = None) -> su
     command = [sys.executable, str(REPO / "tests" / "ddp_train.py"), *args, *DATA, *QUIET, *DDP]
     if args[0] == "fit":
         command += ["--trainer.log_every_n_steps", "1"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     if kill_at_step is not None:
         env["SIGKILL_IN_WRITE_AT_STEP"] = str(kill_at_step)
     with open(cwd / "log.txt", "a") as log:
@@ -166,6 +167,19 @@ def test_data_is_fetched_once_and_every_epoch_is_split_between_the_ranks_in_a_ne
     assert [[len(b) for b in batches] for batches in passes(ddp["reference"], VAL_SIZE)[0]] == [[32, 1]] * 3
     assert [[len(b) for b in batches] for batches in passes(ddp["reference"], VAL_SIZE)[1]] == [[32]] * 3
     assert samplers(ddp["test"]) == {(TEST_SIZE, "UnrepeatedDistributedSampler")}
+
+
+def test_each_rank_draws_its_own_noise_and_rank_0_the_stream_it_drew_before(ddp):
+    """The ranks build their initial weights from one seed; then Lightning's DDP reseeds every rank with
+    the run's seed (`reset_seed`), and here rank r > 0 takes the run's seed + r: one sequence of noise
+    draws for every rank's images would be correlated across the global batch. Rank 0 draws what it
+    always drew. (Exact resume with these per-rank streams: the test below.)"""
+
+    def seeded(seed: int) -> str:
+        return hashlib.md5(torch.Generator().manual_seed(seed).get_state().numpy().tobytes()).hexdigest()
+
+    first0, first1 = (record["passes"][0]["rng"] for record in records(ddp["reference"]))
+    assert (first0, first1) == (seeded(0), seeded(1))
 
 
 def test_a_run_sigkilled_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and_optimiser(ddp):

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.plugins.precision import Precision
 
 import sample
 from tests.conftest import fit_in_a_new_folder, run_cli
@@ -106,7 +107,10 @@ def test_a_cpu_generator_drives_a_gpu_model_and_gives_the_cpus_numbers():
 
 def test_dynamic_binarisation_on_the_gpu_draws_each_batch_afresh(data_dir):
     dm = MNISTDataModule(data_dir=str(data_dir), batch_size=64, val_size=100, binarize="dynamic")
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    dm.trainer = SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), distributed_sampler_kwargs=None,
+        testing=False, precision_plugin=Precision(),
+    )  # fmt: skip
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
     assert images.is_cuda

@@ -50,11 +50,16 @@ def test_each_rank_takes_back_its_own_state():
     assert torch.equal(torch.get_rng_state(), state_of_seed(1))
 
 
-def test_another_number_of_processes_takes_rank_0s_state_and_says_so():
+@pytest.mark.parametrize(("rank", "takes"), [(0, "rank 0's state"), (2, "its own stream")])
+def test_another_number_of_processes_says_so_and_only_rank_0_takes_rank_0s_state(rank, takes):
+    """The other ranks keep the stream of their own that `setup` gave them: rank 0's for all would
+    draw the same noise on every rank."""
     checkpoint = {"rng_states": {"ranks": [{"torch": state_of_seed(0)}, {"torch": state_of_seed(1)}]}}
+    module = module_on_rank(rank, world_size=3)
+    torch.manual_seed(7)  # the stream this rank has from `setup`
     with pytest.warns(UserWarning, match="2 process.*this run has 3.*not bit-identically"):
-        module_on_rank(2, world_size=3).on_load_checkpoint(checkpoint)
-    assert torch.equal(torch.get_rng_state(), state_of_seed(0))
+        module.on_load_checkpoint(checkpoint)
+    assert torch.equal(torch.get_rng_state(), state_of_seed(0 if rank == 0 else 7)), takes
 
 
 def test_a_checkpoint_written_before_per_rank_states_still_restores_the_cpu_state():

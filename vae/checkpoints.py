@@ -136,7 +136,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         finally:
             partial.unlink(missing_ok=True)
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
+        """Every tensor is read onto the CPU, as Lightning's own default map_location does (Lightning calls
+        this without one): a checkpoint written on a GPU then loads on a machine without one, and under
+        DDP each rank's weights reach its own device through `load_state_dict`, not all cuda:0."""
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 

@@ -23,6 +23,7 @@ not depend on `split_seed` or `val_size`. Binary images are stored as 0/255 uint
 same path to the device as grey ones.
 """
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -54,8 +55,10 @@ class InMemoryMNIST(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         # index_select rather than images[index]: the same rows, without advanced indexing's
-        # general machinery. Indices on the host go to a GPU without blocking: no sync per batch.
-        index = torch.as_tensor(indices).to(self.images.device, non_blocking=True)
+        # general machinery. Indices on the host go to a CUDA GPU without blocking: no sync per batch.
+        # Not to MPS, where a non-blocking copy from a temporary host tensor can arrive corrupted.
+        cuda = self.images.device.type == "cuda"
+        index = torch.as_tensor(indices).to(self.images.device, non_blocking=cuda)
         return self.images.index_select(0, index), self.labels.index_select(0, index)
 
     def move_to(self, device: torch.device) -> None:
@@ -78,6 +81,13 @@ def binarized(images: torch.Tensor, seed: int) -> torch.Tensor:
     """
     r = torch.randint(0, 255, images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     return (r < images).to(torch.uint8) * 255
+
+
+def run_seed() -> int:
+    """The run's seed, the same on every process: `seed_everything`'s (Lightning keeps it in PL_GLOBAL_SEED),
+    else the global generator's. Not simply the generator's under DDP, where each rank draws its noise
+    from a generator of its own (`VAEModule.setup`)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
 
 
 def _already_a_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +183,7 @@ class MNISTDataModule(LightningDataModule):
         # Shuffled by (run seed, epoch), sharded over the DDP processes (if any) and resumable
         # mid-epoch: a resumed run sees the same batches.
         ranks = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
-        sampler = ResumableSampler(len(self.train_set), seed=torch.initial_seed(), **(ranks or {}))
+        sampler = ResumableSampler(len(self.train_set), seed=run_seed(), **(ranks or {}))
         return ResumableDataLoader(self.train_set, sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
@@ -213,7 +223,14 @@ class MNISTDataModule(LightningDataModule):
 
         The draw applies to every batch, but validation and test images are already 0 or 1, which
         a Bernoulli draw returns unchanged: only training batches change.
+
+        The float batch then gets the precision's input dtype (bfloat16 under `bf16-true`: Lightning
+        converts floating inputs before this hook, when the batch is still uint8), except in `test`,
+        which evaluates in float32 whatever the training precision (`VAEModule.test_step`).
         """
         images, labels = batch
         x = images.unsqueeze(1).float().div_(255)
-        return (torch.bernoulli(x) if self.binarize == "dynamic" else x), labels
+        x = torch.bernoulli(x) if self.binarize == "dynamic" else x
+        if self.trainer is not None and not self.trainer.testing:
+            x = self.trainer.precision_plugin.convert_input(x)
+        return x, labels

@@ -124,7 +124,9 @@ def importance_weighted_terms(
     sum_log_px_z = x.new_zeros(len(x))
     for start in range(0, k, per_chunk):
         n = min(per_chunk, k - start)
-        eps = torch.stack([torch.randn(mu.shape, generator=generator, device=noise_device) for _ in range(n)])
+        eps = torch.stack(
+            [torch.randn(mu.shape, generator=generator, device=noise_device, dtype=mu.dtype) for _ in range(n)]
+        )
         eps = eps.to(mu.device)  # one copy per chunk when the generator is elsewhere (a CPU one, a GPU model)
         z = mu + std * eps  # (n, B, latent)
         log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, decode)

@@ -172,10 +172,10 @@ class VAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior, as pixel means in [0, 1], (n, 1, 28, 28).
 
-        z is drawn on the generator's device and then moved to the model's, so a CPU generator
-        works with a model on a GPU, and a seed gives the same z wherever the model is.
+        z is drawn on the generator's device and then moved to the model's (and its dtype), so a CPU
+        generator works with a model on a GPU, and a seed gives the same z wherever the model is.
         """
-        device = next(self.parameters()).device
-        noise_device = device if generator is None else generator.device
+        weight = next(self.parameters())
+        noise_device = weight.device if generator is None else generator.device
         z = torch.randn(n, self.latent_dim, generator=generator, device=noise_device)
-        return torch.sigmoid(self.decode(z.to(device)))
+        return torch.sigmoid(self.decode(z.to(weight.device, weight.dtype)))

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
+from vae.data import run_seed
 from vae.elbo import (
     free_bits_kl,
     gaussian_kl,
@@ -35,6 +36,12 @@ TERMS = ("loss", "recon", "kl")
 LR_SCHEDULES = ("constant", "cosine")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def _mean() -> MeanMetric:
+    """The mean over every image, NaN included: a NaN image makes the epoch's number NaN, as it should
+    show, and the metric never asks the device whether there was one (no host sync per update)."""
+    return MeanMetric(nan_strategy="disable")
 
 
 class VAEModule(LightningModule):
@@ -66,7 +73,8 @@ class VAEModule(LightningModule):
             setting, not part of the trained model: `test` takes it from the command line, never
             from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
             passes per image (docs/results.md, "Cost of the test"). The same samples give `test/recon`.
-        compile: `torch.compile` the network's forward pass when a Trainer runs it: true (or
+        compile: `torch.compile` the network's forward pass, and the decoder for the importance-weighted
+            objective and `test/nll`, when a Trainer runs them: true (or
             "default"), "reduce-overhead" (also CUDA graphs: replays each step's kernels in one
             launch; every batch shape, e.g. a short last batch, gets its own graph) or
             "max-autotune". A setting of the run, not of the model: never taken from a checkpoint.
@@ -123,25 +131,45 @@ class VAEModule(LightningModule):
         self.model = VAE(hidden_dim, latent_dim, arch)
         self.metrics = nn.ModuleDict(
             {
-                "val": nn.ModuleDict({term: MeanMetric() for term in TERMS}),
-                "test": nn.ModuleDict({term: MeanMetric() for term in (*TERMS, "nll")}),
+                "val": nn.ModuleDict({term: _mean() for term in TERMS}),
+                "test": nn.ModuleDict({term: _mean() for term in (*TERMS, "nll")}),
             }
         )
         self.latent_usage = nn.ModuleDict({stage: LatentUsage(latent_dim) for stage in ("val", "test")})
+        self._decode = self.model.decode  # compiled in a compiled run (`configure_model`)
 
     def setup(self, stage: str) -> None:
         # Runs after the datamodule's setup and before a checkpoint is restored.
         torch.set_float32_matmul_precision(self.hparams.matmul_precision)
+        # cuDNN's convolutions (conv, resnet) take TF32 unless told not to, whatever the matmul precision
+        torch.backends.cudnn.allow_tf32 = self.hparams.matmul_precision != "highest"
+        self._own_random_stream()
         datamodule = self.trainer.datamodule
         if stage == "fit" and self.hparams.init_output_bias and hasattr(datamodule, "pixel_mean"):
             self.model.init_output_bias(datamodule.pixel_mean())
 
     def configure_model(self) -> None:
-        """Compile here, not in `__init__`: only a Trainer's run is compiled, not a model loaded to sample from."""
+        """Compile here, not in `__init__`: only a Trainer's run is compiled, not a model loaded to sample from.
+
+        `VAE.forward` (the ELBO step: one graph from image to logits) and, for the paths that call the
+        decoder outside it (the importance-weighted objective, the k decoder passes of `test/nll`), the
+        decoder alone. Not the encoder and the decoder as two graphs for everything: with CUDA graphs,
+        in evaluation (no backward pending) each compiled call starts a new iteration and frees the
+        previous call's outputs, so the encoder's mu would be gone by the time the loss reads it.
+        """
         if self.hparams.compile:
             mode = None if self.hparams.compile is True else self.hparams.compile
             # dynamic=False: each batch shape gets its own static graph (what CUDA graphs need)
             self.model.compile(mode=mode, dynamic=False)
+            self._decode = torch.compile(self.model.decode, mode=mode, dynamic=False)
+
+    def _own_random_stream(self) -> None:
+        """Under DDP, rank r > 0 draws its noise (reparameterisation, dynamic binarisation) from the run's
+        seed + r, so the ranks' images do not share one noise sequence; rank 0 keeps the stream of a single
+        process. A checkpoint's random states, restored after this, replace it (exact resume)."""
+        rank = self.trainer.global_rank
+        if rank:
+            torch.manual_seed(run_seed() + rank)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The random state that draws the reparameterisation noise decides the future, so it is saved:
@@ -167,20 +195,26 @@ class VAEModule(LightningModule):
         else:
             rank_zero_warn(
                 f"The checkpoint holds the random states of {len(ranks)} process(es) and this run has {world_size}: "
-                "every process starts from rank 0's CPU state and a fresh GPU state. Training continues correctly, "
-                "but not bit-identically to an uninterrupted run."
+                "rank 0 starts from the checkpoint's rank-0 CPU state, the others from fresh streams. Training "
+                "continues correctly, but not bit-identically to an uninterrupted run."
             )
+            if rank:
+                return  # the stream `setup` gave it
             mine = {"torch": ranks[0]["torch"]}
         torch.set_rng_state(mine["torch"])
         device = self.trainer.strategy.root_device  # the model may not be on it yet: restoring comes first
         if "cuda" in mine and device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], device)
+        if "mps" in mine and device.type == "mps":
+            torch.mps.set_rng_state(mine["mps"])
 
     def _rng_states_of_every_rank(self) -> list[dict[str, torch.Tensor]]:
-        """[{"torch": CPU generator state, "cuda": this rank's GPU generator state (on a GPU)}, one per rank]."""
+        """[{"torch": CPU generator state, "cuda" or "mps": this rank's GPU generator state}, one per rank]."""
         mine, device = {"torch": torch.get_rng_state()}, self.trainer.strategy.root_device
         if device.type == "cuda":
             mine["cuda"] = torch.cuda.get_rng_state(device)
+        elif device.type == "mps":
+            mine["mps"] = torch.mps.get_rng_state()
         if self.trainer.world_size == 1:
             return [mine]
         # one uint8 vector per rank, gathered on the device (NCCL gathers only GPU tensors)
@@ -216,7 +250,7 @@ class VAEModule(LightningModule):
         if k > 1:
             mu, logvar = self.model.encode(x)
             z = self.model.reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, B, latent)
-            log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self.model.decode)
+            log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self._decode)
             objective = negative_iw_bound(log_px_z + weight * log_prior_ratio).mean()
             return -log_px_z.mean(0) + gaussian_kl(mu, logvar), objective
         logits, mu, logvar = self.model(x)
@@ -245,20 +279,43 @@ class VAEModule(LightningModule):
             if k
             else "test/nll is off (--model.iw_samples 0)."
         )
+        self.model.to(self._at_least_float32())  # bf16-true's / 16-true's weights, upcast exactly
+        self._metrics_at_least_float32()
+
+    def on_test_end(self) -> None:
+        self.model.to(self.dtype)
+
+    def on_validation_start(self) -> None:
+        self._metrics_at_least_float32()
+
+    def _at_least_float32(self) -> torch.dtype:
+        return torch.promote_types(self.dtype, torch.float32)
+
+    def _metrics_at_least_float32(self) -> None:
+        """`bf16-true` / `16-true` convert the whole module, metric states too (torchmetrics guards only
+        `.half()`-style calls, not Lightning's `.to(dtype)`): a bfloat16 sum over thousands of images
+        keeps 3 significant digits. Here they go back to float32 (a no-op when they are)."""
+        dtype = self._at_least_float32()
+        self.metrics.to(dtype)
+        self.latent_usage.to(dtype)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """In float32 whatever the training precision (autocast off, float32 weights and images): at
+        bfloat16, the noise, the logits and k = 5000 log-weights would be rounded, and `test/nll` biased."""
+        with torch.autocast(self.device.type, enabled=False):
+            self._test(batch)
+
+    def _test(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         k = self.hparams.iw_samples
         if not k:
             self._evaluate(batch, "test")
             return
         x, _ = batch
         mu, logvar = self.model.encode(x)
-        nll, recon = importance_weighted_terms(x, mu, logvar, self.model.decode, k)
+        nll, recon = importance_weighted_terms(x, mu, logvar, self._decode, k)
         kl = gaussian_kl(mu, logvar)
         self._log_elbo_terms("test", (recon + kl, recon, kl), mu, logvar)
-        metric = self.metrics["test"]["nll"]
-        metric.update(nll)
-        self.log("test/nll", metric, batch_size=len(x))
+        self._log_mean("test", "nll", nll)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """The posterior q(z|x) of each image, with its label, and how likely the model finds it: its
@@ -300,10 +357,23 @@ class VAEModule(LightningModule):
     ) -> None:
         """`<stage>/loss`, `/recon`, `/kl` from per-image (loss, recon, kl); latent usage from q(z|x)."""
         for term, values in zip(TERMS, terms, strict=True):
-            metric = self.metrics[stage][term]
-            metric.update(values)
-            self.log(f"{stage}/{term}", metric, prog_bar=term == "loss", batch_size=len(mu))
+            self._log_mean(stage, term, values, prog_bar=term == "loss")
         self.latent_usage[stage].update(mu, logvar)
+
+    def _log_mean(self, stage: str, term: str, values: torch.Tensor, prog_bar: bool = False) -> None:
+        """`<stage>/<term>`, the mean of each image's value over the epoch.
+
+        With the default dtype at float32 (`bf16-true` / `16-true` set it to theirs around each step):
+        Lightning moves the metric to the value's device on every `log`, and torchmetrics then takes
+        the default dtype as the metric's, rounding every value it adds to bfloat16.
+        """
+        metric, default = self.metrics[stage][term], torch.get_default_dtype()
+        torch.set_default_dtype(self._at_least_float32())
+        try:
+            metric.update(values)
+            self.log(f"{stage}/{term}", metric, prog_bar=prog_bar, batch_size=len(values))
+        finally:
+            torch.set_default_dtype(default)
 
     def on_validation_epoch_end(self) -> None:
         self._log_latent_usage("val")

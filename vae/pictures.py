@@ -22,8 +22,8 @@ PALETTE = torch.tensor(
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
-    """Images side by side, `nrow` to a row."""
-    return make_grid(images.cpu(), nrow=nrow, pad_value=1.0)
+    """Images side by side, `nrow` to a row; float32 whatever the model's dtype (a PNG needs it)."""
+    return make_grid(images.cpu().float(), nrow=nrow, pad_value=1.0)
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def reconstruction_grid(model: VAE, x: torch.Tensor, nrow: int = 8) -> torch.Ten
 def interpolation_grid(model: VAE, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -> torch.Tensor:
     """One row per pair (a[i], b[i]): decoded points evenly spaced from a's posterior mean to b's."""
     (mu_a, _), (mu_b, _) = model.encode(a), model.encode(b)
-    t = torch.linspace(0, 1, steps, device=mu_a.device).view(1, steps, 1)
+    t = torch.linspace(0, 1, steps, device=mu_a.device, dtype=mu_a.dtype).view(1, steps, 1)
     z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # (pairs, steps, latent)
     return image_grid(torch.sigmoid(model.decode(z.flatten(0, 1))), nrow=steps)
 
@@ -54,8 +54,8 @@ def manifold_grid(model: VAE, n: int = 20) -> torch.Tensor:
     """
     if model.latent_dim != 2:
         raise ValueError(f"a latent manifold needs latent_dim 2, this model has {model.latent_dim}.")
-    device = next(model.parameters()).device
-    q = torch.special.ndtri((torch.arange(n, device=device) + 0.5) / n)
+    weight = next(model.parameters())
+    q = torch.special.ndtri((torch.arange(n, device=weight.device) + 0.5) / n).to(weight.dtype)
     z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
     return image_grid(torch.sigmoid(model.decode(torch.stack([z1, z2], -1).view(-1, 2))), nrow=n)
 

@@ -54,9 +54,11 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "served": self.served, "processes": self.num_replicas, "size": self.size}
+        state = {"epoch": self.epoch, "served": self.served, "processes": self.num_replicas, "size": self.size}
+        return state | {"seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = state.get("seed", self.seed)  # the order of the run resumed, whatever seed resumes it
         self.epoch = state["epoch"]
         self._skip = state["served"] if state["served"] < self.size else 0  # a finished epoch: the next one's start
 

@@ -1,0 +1,162 @@
+"""sweep.py: workers sharing an Optuna study, a SIGKILLed worker's trial retried by another, pruning,
+failed trials with their reason, the best configuration as a train.py config, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("optuna", reason="sweep.py needs optuna (requirements.txt); the GPU machine has none")
+from optuna.storages import RetryHeartbeatStaleTrialCallback  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+import sweep  # noqa: E402
+from tests.conftest import REPO, make_hermetic, write_data_dir  # noqa: E402
+from vae.cli import VAECLI  # noqa: E402
+
+WORKER = REPO / "tests" / "sweep_synthetic.py"
+TINY = {  # train.py options of every trial: a tiny model, 2 epochs of 3 steps, quiet
+    "trainer.max_epochs": 2, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2,
+    "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False,
+    "data.val_size": 64, "data.batch_size": 32, "model.hidden_dim": 32,
+}  # fmt: skip
+SPACE = {
+    "model.latent_dim": {"type": "int", "low": 2, "high": 4},
+    "model.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+}
+
+
+def write_sweep(folder: Path, name: str, **settings) -> str:
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump({"heartbeat": 1, **settings}))
+    return f"{name}.yaml"
+
+
+def wait_for(condition, process: subprocess.Popen, what: str) -> None:
+    while not condition():
+        assert process.poll() is None, f"the worker ended before {what}: {process.args}"
+        time.sleep(0.005)
+
+
+def what_happened(root: Path) -> str:
+    """For a failed assertion: the trials, and the end of what the killed worker printed."""
+    table = (root / "sweeps" / "tiny" / "trials.md").read_text()
+    return f"{table}\nworker A printed:\n{(root / 'worker_a.txt').read_text()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def killed_worker(tmp_path_factory, files):
+    """Worker A (a process) takes trial 0, which hangs after its first epoch (sweep_synthetic.py's
+    `--stall_after_an_epoch`) until A is SIGKILLed; worker B (this process), started as soon as
+    trial 0 was running, runs trial 1 beside it, then takes over trial 0 as trial 2. Returns
+    (folder, study, A's pid)."""
+    root = tmp_path_factory.mktemp("sweep")
+    write_data_dir(root, files)
+    name = write_sweep(root, "tiny", n_trials=2, fixed=TINY, space=SPACE)
+    command = [sys.executable, str(WORKER), "--stall_after_an_epoch", name]
+    with open(root / "worker_a.txt", "w") as console:
+        worker_a = subprocess.Popen(command, cwd=root, stdout=console, stderr=console)
+    try:
+        wait_for((root / "sweeps" / "tiny" / "version_0" / "config.yaml").exists, worker_a, "its trial started")
+
+        def kill_when_stalled() -> None:
+            wait_for((root / "stalled").exists, worker_a, "its trial's first epoch ended")
+            worker_a.send_signal(signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_when_stalled)
+        killer.start()
+        with pytest.MonkeyPatch.context() as patch:
+            make_hermetic(patch, files)
+            patch.chdir(root)
+            study = sweep.main([name])
+        killer.join()
+        assert worker_a.wait() == -signal.SIGKILL, what_happened(root)
+    finally:
+        worker_a.kill()
+    return root, study, worker_a.pid
+
+
+def test_a_killed_workers_trial_is_retried_and_finished_by_the_other(killed_worker):
+    root, study, pid_a = killed_worker
+    killed, *others = study.trials
+    assert killed.state == TrialState.FAIL, what_happened(root)
+    assert killed.user_attrs["worker"].endswith(f":{pid_a}")
+    assert sweep.note(killed) == "its worker stopped (killed, or interrupted) during the trial"
+    (retry,) = [t for t in others if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["worker"].endswith(f":{os.getpid()}")
+    assert (root / retry.user_attrs["run"] / "checkpoints" / "last.ckpt").is_file()
+    # the killed trial's run is left as it was, resumable with train.py
+    assert (root / killed.user_attrs["run"] / "checkpoints" / "last.ckpt").is_file()
+    table = (root / "sweeps" / "tiny" / "trials.md").read_text()
+    assert f"| {retry.number} | COMPLETE |" in table and "retry of 0, whose worker stopped" in table
+
+
+def test_workers_sharing_a_study_run_each_trial_once_and_record_all(killed_worker):
+    root, study, _ = killed_worker
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], what_happened(root)  # n_trials 2
+    runs = sorted(p.name for p in (root / "sweeps" / "tiny").glob("version_*"))
+    assert runs == sorted(f"version_{t.number}" for t in study.trials)
+    for trial in study.trials[1:]:  # each run folder holds one run, of its own trial's values
+        run = root / trial.user_attrs["run"]
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert {f"model.{k}": config["model"][k] for k in ("latent_dim", "lr")} == trial.params
+
+
+def test_the_best_yaml_trains_the_best_trial_again_with_train_py(killed_worker, monkeypatch):
+    root, study, _ = killed_worker
+    best = root / "sweeps" / "tiny" / "best.yaml"
+    monkeypatch.chdir(root)
+    cli = VAECLI(args=["fit", "--config", str(best)])  # python train.py --config sweeps/tiny/best.yaml
+    assert Path(cli.trainer.log_dir) == Path("lightning_logs/version_0")  # an ordinary run
+    assert cli.trainer.callback_metrics["val/loss"].item() == study.best_value  # same seed: the same run
+
+
+def test_a_hopeless_trial_is_pruned_a_failing_one_recorded_and_test_nll_the_objective(tmp_path, data_dir, monkeypatch):
+    """Four trials on a grid: without the decoder's output bias at the pixel means the first
+    validation is far above the pruner's threshold (a hopeless trial); beta -1 is refused. The
+    objective is the best checkpoint's test/nll; the pruner watches val/loss."""
+    space = {
+        "model.init_output_bias": {"type": "categorical", "choices": [True, False]},
+        "model.beta": {"type": "categorical", "choices": [1.0, -1.0]},
+    }
+    pruner = {"class": "ThresholdPruner", "upper": 450}
+    name = write_sweep(tmp_path, "prune", sampler={"class": "GridSampler"}, pruner=pruner, fixed=TINY, space=space)
+    monkeypatch.chdir(tmp_path)
+    study = sweep.main([name, "--objective", "test/nll", "--model.latent_dim", "4", "--model.iw_samples", "2"])
+    outcome = {(t.params["model.init_output_bias"], t.params["model.beta"]): t for t in study.trials}
+    assert outcome[True, 1.0].state == TrialState.COMPLETE and sweep.note(outcome[True, 1.0]) == ""
+    hopeless = outcome[False, 1.0]
+    assert hopeless.state == TrialState.PRUNED and hopeless.intermediate_values[0] > 450
+    assert sweep.note(hopeless) == f"pruned after epoch 0, at {hopeless.intermediate_values[0]:.2f}"
+    refused = "--model.beta and --model.kl_warmup_epochs must be >= 0, got -1.0, 0."
+    assert [sweep.note(outcome[bias, -1.0]) for bias in (True, False)] == [refused, refused]
+    assert outcome[True, -1.0].state == outcome[False, -1.0].state == TrialState.FAIL
+    test = json.loads((tmp_path / study.best_trial.user_attrs["run"] / "test_metrics.json").read_text())
+    assert "/checkpoints/best-epoch" in test["ckpt_path"] and test["metrics"]["test/nll"] == study.best_value
+
+
+@pytest.mark.parametrize(
+    "space, args, message",
+    [
+        ({"model.betta": {"type": "float", "low": 0.1, "high": 1}}, [], "model.betta is not an option of train.py"),
+        ({"model.beta": {"type": "float", "low": 2, "high": 1}}, [], "model.beta (float): `low <= high` must hold"),
+        (SPACE, ["--storage", "sqlite:///no/such/dir/s.db"], "--storage sqlite:///no/such/dir/s.db: cannot open it"),
+    ],
+    ids=["unknown option", "empty range", "unreachable storage"],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_runs_nothing(tmp_path, data_dir, monkeypatch, space, args, message):
+    name = write_sweep(tmp_path, "bad", n_trials=2, fixed=TINY, space=space)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        sweep.main([name, *args])
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "sweeps").exists()
