@@ -125,12 +125,27 @@ def test_csv_logger_run_has_metrics_checkpoints_pictures_config_and_resumes_into
 # 3. predict
 
 
-def test_predict_writes_the_test_posteriors_and_labels_into_the_checkpoints_run(trained, monkeypatch):
+def test_predict_writes_the_test_posteriors_labels_and_scores_into_the_checkpoints_run(trained, monkeypatch):
     monkeypatch.chdir(trained.root)
     ckpt = trained.checkpoints / "last.ckpt"
-    run_cli("predict", "--ckpt_path", str(ckpt), data_dir=trained.data_dir)
+    run_cli("predict", "--ckpt_path", str(ckpt), "--model.iw_samples", "20", data_dir=trained.data_dir)
     predictions = torch.load(trained.run / "predictions.pt", weights_only=True)
-    assert set(predictions) == {"mu", "logvar", "label", "index"}
+    assert set(predictions) == {"mu", "logvar", "label", "loss", "nll", "index"}
+    # each image's scores average to what `test` reports: the same seed draws the same k = 20 samples
+    # (no logger: a test point in the run's TensorBoard events would move the curves other tests here read)
+    run_cli(
+        "test",
+        "--ckpt_path",
+        str(ckpt),
+        "--model.iw_samples",
+        "20",
+        "--trainer.logger",
+        "false",
+        data_dir=trained.data_dir,
+    )
+    tested = json.loads((trained.root / "test_metrics.json").read_text())["metrics"]
+    assert predictions["loss"].mean().item() == pytest.approx(tested["test/loss"], rel=1e-6)
+    assert predictions["nll"].mean().item() == pytest.approx(tested["test/nll"], rel=1e-6)
     images, labels = synthetic_mnist(TEST_SIZE, seed=2)  # conftest's test files
     assert torch.equal(predictions["label"], labels.long()) and torch.equal(
         predictions["index"], torch.arange(TEST_SIZE)

@@ -337,10 +337,16 @@ class VAEModule(LightningModule):
         self._log_mean("test", "nll_bpd", nll / (math.prod(self.model.image_shape) * math.log(2)))
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """The posterior q(z|x) of each image, with its label: what a latent-space analysis needs."""
+        """The posterior q(z|x) of each image, with its label, and how likely the model finds it: its
+        negative ELBO (`loss`) and, with `iw_samples` > 0, `nll`, computed as `test_step` computes them."""
         x, labels = batch
         mu, logvar = self.model.encode(x)
-        return {"mu": mu, "logvar": logvar, "label": labels}
+        k = self.hparams.iw_samples
+        if k:
+            nll, recon = importance_weighted_terms(x, mu, logvar, self.model.decode, k)
+            return {"mu": mu, "logvar": logvar, "label": labels, "loss": recon + gaussian_kl(mu, logvar), "nll": nll}
+        loss, _, _ = negative_elbo(self.model.decode(self.model.reparameterize(mu, logvar)), x, mu, logvar)
+        return {"mu": mu, "logvar": logvar, "label": labels, "loss": loss}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior, as pixel means in [0, 1], (n, C, H, W)."""

@@ -72,7 +72,13 @@ def latent_scatter(model: VAE, x: torch.Tensor, labels: torch.Tensor, size: int 
     """
     if model.latent_dim != 2:
         raise ValueError(f"a latent scatter needs latent_dim 2, this model has {model.latent_dim}.")
-    mu = model.encode(x)[0].cpu()
+    return points_scatter(model.encode(x)[0], x, labels, size)
+
+
+def points_scatter(points: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, size: int = 560) -> torch.Tensor:
+    """`latent_scatter`'s picture of any 2-D points (N, 2), one per image of `x`, e.g. posterior means
+    projected on their first two principal axes."""
+    mu = points.cpu()
     x, labels = x.cpu(), labels.cpu().long()
     lim = 1.05 * mu.abs().max().item()
 
@@ -103,3 +109,14 @@ def latent_scatter(model: VAE, x: torch.Tensor, labels: torch.Tensor, size: int 
                 frame = max(1, tile // 14)
                 cell[:, :frame], cell[:, -frame:], cell[:, :, :frame], cell[:, :, -frame:] = (colour,) * 4
     return torch.cat([canvas, legend], dim=2)
+
+
+@torch.no_grad()
+def traversal_grid(model: VAE, dims: list[int], values: torch.Tensor) -> torch.Tensor:
+    """One row per latent dimension in `dims`: z = 0 (the prior's mean) with that dimension set to each of
+    `values` in turn, decoded. What each dimension changes in an image, read left to right."""
+    device = next(model.parameters()).device
+    z = torch.zeros(len(dims), len(values), model.latent_dim, device=device)
+    for row, dim in enumerate(dims):
+        z[row, :, dim] = values.to(device)
+    return image_grid(torch.sigmoid(model.decode(z.flatten(0, 1))), nrow=len(values))

@@ -5,6 +5,8 @@ The file is a dict of plain tensors, loadable with `torch.load(path, weights_onl
     mu      (N, latent_dim)  posterior means of the test images
     logvar  (N, latent_dim)  posterior log-variances
     label   (N,)             the labels (the digits, for MNIST)
+    loss    (N,)             each image's negative ELBO, in nats (as `test/loss`: from the same k samples)
+    nll     (N,)             its importance-weighted -log p(x) with k = `--model.iw_samples` (not with k = 0)
     index   (N,)             each row's position in the test set (the files are in test-set order)
 
 Under DDP every rank predicts its own share of the test set and writes `predictions-rank<R>.pt`
@@ -31,7 +33,7 @@ class PredictionsFile(BasePredictionWriter):
         self, trainer: Trainer, pl_module: LightningModule, predictions: list[Any], batch_indices: list[Any]
     ) -> None:
         (indices,) = batch_indices  # one predict dataloader: `predictions` is then its list of batches
-        record = {key: torch.cat([batch[key] for batch in predictions]) for key in ("mu", "logvar", "label")}
+        record = {key: torch.cat([batch[key] for batch in predictions]) for key in predictions[0]}
         record["index"] = torch.tensor([i for batch in indices for i in batch], dtype=torch.long)
         name = "predictions.pt" if trainer.world_size == 1 else f"predictions-rank{trainer.global_rank}.pt"
         path = run_dir(trainer) / name
