@@ -51,7 +51,9 @@ def posterior_mean_in_eval(self: VAE, x: torch.Tensor) -> tuple[torch.Tensor, to
     return self.decode(mu), mu, logvar
 
 
-def importance_samples_seeded_by_image(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decode, k: int):
+def importance_samples_seeded_by_image(
+    x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decode, k: int, **options
+):
     """`vae.elbo.importance_weighted_terms`, image by image, each image's k samples drawn from a
     generator seeded by its pixels: the same values whichever rank and batch the image was dealt to."""
     terms = []
@@ -59,7 +61,9 @@ def importance_samples_seeded_by_image(x: torch.Tensor, mu: torch.Tensor, logvar
         seed = int(hashlib.sha256(x[i].cpu().numpy().tobytes()).hexdigest()[:15], 16)
         one = slice(i, i + 1)
         generator = torch.Generator().manual_seed(seed)
-        terms.append(_importance_weighted_terms(x[one], mu[one], logvar[one], decode, k, generator=generator))
+        terms.append(
+            _importance_weighted_terms(x[one], mu[one], logvar[one], decode, k, generator=generator, **options)
+        )
     nll, recon = zip(*terms, strict=True)
     return torch.cat(nll), torch.cat(recon)
 

@@ -61,7 +61,7 @@ def test_cosine_schedule_decays_the_learning_rate_step_by_step_over_the_run(tmp_
 
 def first_test_images(cli, n: int) -> torch.Tensor:
     """The first `n` test images, as the test step sees them: floats in [0, 1], (n, 1, 28, 28)."""
-    return cli.datamodule.test_set.images[:n].unsqueeze(1).float() / 255
+    return cli.datamodule.test_set.images[:n].float() / 255
 
 
 def test_conv_model_trains_tests_and_keeps_its_architecture_on_resume(tmp_path, monkeypatch, data_dir):
