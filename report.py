@@ -36,6 +36,7 @@ from vae import report_page as html
 from vae.callbacks import public
 from vae.checkpoints import check_checkpoint, run_dir_of
 from vae.csv_logger import ContinuingCSVLogger
+from vae.data import datamodule_of_run
 from vae.feature_net import cached_classifier, predicted_classes
 from vae.latents import LatentUsage
 from vae.module import VAEModule
@@ -51,7 +52,6 @@ from vae.report_metrics import (
 )
 
 DATA_MODULES = "vae.data"  # where a data source named without a module is found
-DEFAULT_DATA = "vae.data.MNISTDataModule"  # a checkpoint that does not name its data source
 GRID = 64  # images in the prior, reconstruction and likelihood grids
 TRAVERSAL = torch.linspace(-3, 3, 9)  # prior standard deviations along each traversed dimension
 CURVES = {"loss (negative ELBO, nats)": ("train/loss", "val/loss"), "KL (nats)": ("val/kl",)}
@@ -215,15 +215,17 @@ def main(argv: list[str] | None = None) -> Path:
     k = module.hparams.iw_samples or 100  # a run that tested without test/nll still gets each image's NLL
     module.hparams.iw_samples = k
     model = module.model
-    data_hparams = saved.get("datamodule_hyper_parameters", {})
-    class_path = data_hparams.get("_class_path", DEFAULT_DATA)
-    options = public(data_hparams) | ({"data_dir": args.data_dir} if args.data_dir else {})
-    datamodule = data_module(class_path, options, "the run's data source")
+    try:
+        serving = {"data_dir": args.data_dir} if args.data_dir else {}
+        datamodule = datamodule_of_run(saved.get("datamodule_hyper_parameters", {}), **serving)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"error: the run's data source: {err}") from None
+    data_dir = Path(getattr(datamodule, "data_dir", "data"))  # a data source of your own may have none
     ood = None
     if args.ood:
         ood_options = dict(option.split("=", 1) for option in args.ood_option)
         ood_options = {key: option_value(value) for key, value in ood_options.items()}
-        ood = data_module(args.ood, {"data_dir": options.get("data_dir", "data")} | ood_options, "--ood")
+        ood = data_module(args.ood, {"data_dir": str(data_dir)} | ood_options, "--ood")
     run = run_dir_of(ckpt)
     out = Path(args.out) if args.out else (run or Path()) / "report"
     torch.manual_seed(args.seed)
@@ -317,8 +319,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     with Section(times, "sample quality"):
         if has_labels:
-            cache = Path(args.classifier_dir) if args.classifier_dir else Path(options.get("data_dir", "data"))
-            cache = cache / "report_classifiers" if not args.classifier_dir else cache
+            cache = Path(args.classifier_dir) if args.classifier_dir else data_dir / "report_classifiers"
             with Section(times, "classifier"):
                 classifier, classifier_path, trained_now = cached_classifier(
                     cache, train_images, train_labels, to_float
@@ -350,7 +351,10 @@ def main(argv: list[str] | None = None) -> Path:
         "epoch": saved.get("epoch"),
         "global_step": saved.get("global_step"),
         "model": public(saved.get("hyper_parameters", {})),
-        "data": {"class_path": class_path, **public(data_hparams)},
+        "data": {
+            "class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
+            **public(saved.get("datamodule_hyper_parameters", {})),
+        },
         "run_seed": _run_seed(config),
         "report_seed": args.seed,
         "commit": git_commit(),

@@ -41,7 +41,7 @@ class ColourImages(LightningDataModule):
     def _loader(self) -> DataLoader:
         return DataLoader(TensorDataset(self.train_set.images, self.train_set.labels), batch_size=16)
 
-    train_dataloader = val_dataloader = test_dataloader = _loader
+    train_dataloader = val_dataloader = test_dataloader = predict_dataloader = _loader
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
@@ -136,6 +136,20 @@ def test_the_test_nll_of_8_bit_images_is_in_nats_and_in_bits_per_dimension(colou
     assert m["test/nll_bpd"] == pytest.approx(m["test/nll"] / (math.prod(RGB) * math.log(2)), rel=1e-6)
     # a discrete likelihood: -log p(x) >= 0, and the importance-weighted bound is below the ELBO's
     assert 0 < m["test/nll"] <= m["test/loss"] + 1e-3
+
+
+def test_predict_scores_each_colour_image_as_test_does_under_the_runs_likelihood(colour_run):
+    """predict's per-image scores (what report.py ranks images by) average to test's numbers."""
+    module = VAEModule.load_from_checkpoint(colour_run.checkpoint, map_location="cpu", weights_only=True)
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    torch.manual_seed(1)
+    tested = trainer.test(module, ColourImages(), verbose=False)[0]
+    torch.manual_seed(1)  # the same k = 3 samples per image
+    predicted = trainer.predict(module, ColourImages())
+    for name in ("loss", "nll"):
+        per_image = torch.cat([batch[name] for batch in predicted])
+        assert per_image.shape == (48,)
+        assert per_image.mean().item() == pytest.approx(tested[f"test/{name}"], rel=1e-5), name
 
 
 def test_the_run_draws_colour_grids_and_colour_projector_sprites(colour_run):

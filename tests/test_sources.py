@@ -13,7 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
+from torchvision.io import read_image
 
+import sample
 from tests.conftest import TEST_SIZE, TRAIN_SIZE, fit_in_a_new_folder, run_cli
 from vae import image_folder
 from vae.checkpoints import CheckpointError
@@ -286,6 +288,22 @@ def test_a_folder_run_is_tested_on_its_own_data_from_the_checkpoint_alone(folder
     assert cli.datamodule.image_shape == (3, 8, 8) and len(cli.datamodule.test_set) == 12
     metrics = cli.trainer.callback_metrics
     assert metrics["test/nll_bpd"].item() == pytest.approx(metrics["test/nll"].item() / (3 * 8 * 8 * math.log(2)))
+
+
+def test_sample_py_shows_a_folder_runs_own_colour_test_images(folder_run, folder_run_here, data_dir):
+    """No data option given: sample.py finds the run's folder and options in the checkpoint."""
+    out = sample.main(["--ckpt_path", str(folder_run_here), "--n", "4"])
+    assert out == folder_run_here.parents[1] / "samples"
+    reconstructions = read_image(str(out / "reconstructions.png"))  # 4 inputs above their reconstructions
+    assert reconstructions.shape == (3, 2 * 10 + 2, 4 * 10 + 2)  # 8 x 8 images, 2-pixel lines
+    saved = torch.load(folder_run_here, weights_only=True)["datamodule_hyper_parameters"]
+    test_set = datamodule_of_run(saved, data_dir=str(data_dir))
+    test_set.setup("test")
+    for i in range(4):
+        shown = reconstructions[:, 2:10, 2 + 10 * i : 10 + 10 * i]
+        assert any(torch.equal(shown, image) for image in test_set.test_set.images), i
+    # 12 test images: 6 interpolation rows, not 8
+    assert read_image(str(out / "interpolations.png")).shape == (3, 6 * 10 + 2, 10 * 10 + 2)
 
 
 @pytest.mark.parametrize(

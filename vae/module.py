@@ -343,9 +343,10 @@ class VAEModule(LightningModule):
         mu, logvar = self.model.encode(x)
         k = self.hparams.iw_samples
         if k:
-            nll, recon = importance_weighted_terms(x, mu, logvar, self.model.decode, k)
+            nll, recon = importance_weighted_terms(x, mu, logvar, self._decode, k, log_likelihood=self.log_likelihood)
             return {"mu": mu, "logvar": logvar, "label": labels, "loss": recon + gaussian_kl(mu, logvar), "nll": nll}
-        loss, _, _ = negative_elbo(self.model.decode(self.model.reparameterize(mu, logvar)), x, mu, logvar)
+        output = self._decode(self.model.reparameterize(mu, logvar))
+        loss, _, _ = negative_elbo(output, x, mu, logvar, self.log_likelihood)
         return {"mu": mu, "logvar": logvar, "label": labels, "loss": loss}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

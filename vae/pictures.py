@@ -119,4 +119,4 @@ def traversal_grid(model: VAE, dims: list[int], values: torch.Tensor) -> torch.T
     z = torch.zeros(len(dims), len(values), model.latent_dim, device=device)
     for row, dim in enumerate(dims):
         z[row, :, dim] = values.to(device)
-    return image_grid(torch.sigmoid(model.decode(z.flatten(0, 1))), nrow=len(values))
+    return image_grid(model.decode_means(z.flatten(0, 1)), nrow=len(values))
