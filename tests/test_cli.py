@@ -280,11 +280,16 @@ def test_every_shipped_config_parses(config, capsys):
     assert "hidden_dim" in capsys.readouterr().out
 
 
-def test_a_checkpoint_with_another_architecture_is_refused_before_a_run_exists(copy_of_trained_run, data_dir):
+@pytest.mark.parametrize(
+    "option, given, trained", [("hidden_dim", "64", "32"), ("likelihood", "logistic", "bernoulli")]
+)
+def test_a_checkpoint_with_another_architecture_is_refused_before_a_run_exists(
+    copy_of_trained_run, data_dir, option, given, trained
+):
     in_tmp = copy_of_trained_run
-    ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")  # hidden_dim 32
-    with pytest.raises(CheckpointError, match="hidden_dim=32, but --model.hidden_dim 64 was given"):
-        run_cli("test", "--ckpt_path", ckpt, "--model.hidden_dim", "64", data_dir=data_dir)
+    ckpt = str(in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt")  # hidden_dim 32, Bernoulli
+    with pytest.raises(CheckpointError, match=f"{option}={trained}, but --model.{option} {given} was given"):
+        run_cli("test", "--ckpt_path", ckpt, f"--model.{option}", given, data_dir=data_dir)
     assert sorted(p.name for p in (in_tmp / "lightning_logs").iterdir()) == ["version_0"]
 
 

@@ -74,8 +74,9 @@ LOGS_DIR = "lightning_logs"
 PROGRESS_BAR_REFRESH_STEPS = 10
 # Model options that say how to evaluate or run, not what was trained: never taken from a checkpoint.
 EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
-# Model options that fix the shapes of the weights: a checkpoint cannot be loaded into others.
-WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim")
+# Model options that fix the shapes of the weights (the likelihood: the decoder's outputs per
+# sub-pixel): a checkpoint cannot be loaded into others.
+WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim", "likelihood")
 # What each subcommand does with the checkpoint `--ckpt_path last` found, said on the console.
 WHAT_IS_DONE_WITH = {
     "fit": "resuming the training of",
