@@ -158,3 +158,16 @@ def test_a_checkpoint_written_on_a_gpu_is_tested_and_resumed_on_a_machine_withou
     assert cli.trainer.callback_metrics["test/nll"].isfinite()
     cli = run_cli("fit", "--trainer.max_epochs", "2", "--ckpt_path", "last", data_dir=data_dir)
     assert cli.trainer.global_step == 6 and cli.model.device.type == "cpu"
+
+
+def test_last_ckpt_is_written_at_every_epoch_end_even_when_val_loss_did_not_improve(tmp_path, monkeypatch, data_dir):
+    """Lightning writes `last.ckpt` after a validation only when it saved a best one at that step: a
+    resume after a kill would go back to the last epoch that improved. With --model.lr 1e-12 the weights
+    stay put and val/loss only moves with the noise, so some epochs do not improve."""
+    monkeypatch.chdir(tmp_path)
+    run_cli("fit", "--trainer.max_epochs", "4", "--model.lr", "1e-12", data_dir=data_dir)
+    folder = tmp_path / "lightning_logs/version_0/checkpoints"
+    (best,) = folder.glob("best-epoch*.ckpt")
+    assert best.name != "best-epoch003.ckpt"  # else this run would not show it
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (3, 12)

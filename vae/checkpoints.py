@@ -70,7 +70,6 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(**(defaults | kwargs))
         self.save_last_every_n_steps = save_last_every_n_steps
         self._step_before_batch = 0
-        self._save_at_epoch_end = False  # the every-N save fell on the epoch's last step
         self._signal = 0  # the number of the stop signal received, 0: none
         self._handlers_before: dict[int, Any] = {}
 
@@ -118,8 +117,7 @@ class RunCheckpoint(ModelCheckpoint):
         n, signum = self.save_last_every_n_steps, self._stop_signal(trainer)
         if signum or (n and trainer.global_step % n == 0):
             if trainer.is_last_batch:  # (the last of `limit_train_batches`, when that ends the epoch)
-                self._save_at_epoch_end = True
-                return
+                return  # saved at the epoch's end
             # Lightning skips its end-of-epoch save when a save already happened at the same step,
             # which would drop the best-by-val/loss checkpoint; so this save leaves that marker alone.
             marker = self._last_global_step_saved
@@ -128,16 +126,23 @@ class RunCheckpoint(ModelCheckpoint):
             if signum:
                 self._stop(trainer, signum)
 
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
+        """`last.ckpt` after a validation inside an epoch (`val_check_interval` < 1), with or without a
+        best checkpoint: Lightning (2.6) writes it where it saves a best one, and only when it does, so
+        after a validation that did not improve val/loss, a resume would go back to the last that did."""
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
-        """The save put off from the epoch's last step, unless the epoch's own save (after its validation,
-        or here in a run without validation) already wrote this step: an epoch that
-        `check_val_every_n_epoch` leaves unvalidated has no save of its own. Then a stop signal that
-        came during the epoch's last step or its validation stops the run."""
+        """`last.ckpt` at every epoch's end, after its validation, unless a save already wrote this step:
+        Lightning's own writes it only when a best checkpoint was saved at this step (val/loss
+        improved), and an epoch that `check_val_every_n_epoch` leaves unvalidated has no save of its
+        own. Then a stop signal that came during the epoch's last step or its validation stops the run."""
         super().on_train_epoch_end(trainer, pl_module)
         signum = self._stop_signal(trainer)
-        if (self._save_at_epoch_end or signum) and self._last_global_step_saved != trainer.global_step:
+        if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        self._save_at_epoch_end = False
         if signum:
             self._stop(trainer, signum)
 
