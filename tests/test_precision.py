@@ -1,4 +1,4 @@
-"""Training precision: `bf16-true` trains, and a test is float32 whatever the precision; a NaN shows."""
+"""Training precision: `bf16-true` trains, a test and a predict are float32 whatever the precision; a NaN shows."""
 
 import torch
 
@@ -22,6 +22,17 @@ def test_bf16_true_trains_and_every_precision_tests_a_checkpoint_in_float32(tmp_
         tested[precision] = {name: value.item() for name, value in cli.trainer.callback_metrics.items()}
     assert tested["32-true"]["test/nll"] > 0
     assert tested["bf16-mixed"] == tested["32-true"] == tested["bf16-true"]
+
+    # predict's per-image scores (predictions.pt, report.py) too
+    predicted = {}
+    for precision in ("32-true", "bf16-mixed", "bf16-true"):
+        args = ("--ckpt_path", "last", "--model.iw_samples", "8", "--trainer.limit_predict_batches", "2")
+        run_cli("predict", *args, "--trainer.precision", precision, data_dir=data_dir)
+        predicted[precision] = torch.load(tmp_path / "lightning_logs/version_0/predictions.pt", weights_only=True)
+    for name in ("mu", "logvar", "loss", "nll"):
+        assert predicted["32-true"][name].dtype == torch.float32, name
+        assert torch.equal(predicted["bf16-mixed"][name], predicted["32-true"][name]), name
+        assert torch.equal(predicted["bf16-true"][name], predicted["32-true"][name]), name
 
 
 def test_a_nan_image_makes_the_epochs_loss_nan():

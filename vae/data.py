@@ -275,12 +275,13 @@ class ImageDataModule(LightningDataModule):
 
         The float batch then gets the precision's input dtype (bfloat16 under `bf16-true`: Lightning
         converts floating inputs before this hook, when the batch is still uint8), except in `test`,
-        which evaluates in float32 whatever the training precision (`VAEModule.test_step`).
+        which evaluates in float32 whatever the training precision (`VAEModule.test_step`), and in
+        `predict`, which computes the same numbers per image.
         """
         images, labels = batch
         x = images.float().div_(255)
         x = torch.bernoulli(x) if self.binarize == "dynamic" else x
-        if self.trainer is not None and not self.trainer.testing:
+        if self.trainer is not None and not (self.trainer.testing or self.trainer.predicting):
             x = self.trainer.precision_plugin.convert_input(x)
         return x, labels
 

@@ -303,6 +303,12 @@ class VAEModule(LightningModule):
     def on_test_end(self) -> None:
         self.model.to(self.dtype)
 
+    def on_predict_start(self) -> None:
+        self.model.to(self._at_least_float32())  # as for test
+
+    def on_predict_end(self) -> None:
+        self.model.to(self.dtype)
+
     def on_validation_start(self) -> None:
         self._metrics_at_least_float32()
 
@@ -338,7 +344,12 @@ class VAEModule(LightningModule):
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """The posterior q(z|x) of each image, with its label, and how likely the model finds it: its
-        negative ELBO (`loss`) and, with `iw_samples` > 0, `nll`, computed as `test_step` computes them."""
+        negative ELBO (`loss`) and, with `iw_samples` > 0, `nll`, computed as `test_step` computes them
+        (in float32 whatever the training precision)."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self._predict(batch)
+
+    def _predict(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, labels = batch
         mu, logvar = self.model.encode(x)
         k = self.hparams.iw_samples
