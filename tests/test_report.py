@@ -56,6 +56,10 @@ def test_auroc_is_one_half_for_the_same_scores_and_says_which_way_they_differ():
     assert auroc(scores, scores) == 0.5
     assert auroc(scores, scores + 10) == 1.0  # every second-set item scores higher
     assert auroc(scores, scores - 10) == 0.0
+    # NLLs in nats: hundreds (a sigmoid of such scores, taken as logits, would tie them all at 1)
+    nll = 100 + 20 * scores
+    assert auroc(nll, nll + 800) == 1.0
+    assert auroc(nll, nll.flip(0) + 1) == pytest.approx(0.5, abs=0.05)
 
 
 def test_class_evenness():

@@ -93,9 +93,13 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     """Area under the ROC curve of `score` for telling `scores_out`'s items (positives) from `scores_in`'s:
     the chance that an item of the second set scores higher than one of the first (ties count half).
     0.5 when the score cannot tell them apart, 1 when every second-set item scores higher, 0 when lower."""
-    scores = torch.cat([scores_in, scores_out]).double()
+    scores = torch.cat([scores_in, scores_out])
+    # Ranks in [0, 1], ties kept: the AUROC depends only on the order, and torchmetrics takes scores
+    # outside [0, 1] for logits and applies a sigmoid, which ties every NLL (hundreds of nats) at 1.
+    _, ranks = torch.unique(scores, return_inverse=True)
+    ranks = ranks.double() / max(1, int(ranks.max()))
     target = torch.cat([torch.zeros(len(scores_in)), torch.ones(len(scores_out))]).long()
-    return float(BinaryAUROC(thresholds=None)(scores, target))
+    return float(BinaryAUROC(thresholds=None)(ranks, target))
 
 
 def principal_components(z: torch.Tensor, n: int = 2) -> torch.Tensor:
