@@ -24,6 +24,7 @@ import sample
 from tests.conftest import fit_in_a_new_folder, run_cli
 from tests.test_data import is_binary
 from tests.test_resume_exact import final_state, train
+from tests.test_sources import FOLDER_RUN, write_folder
 from vae.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 from vae.data import InMemoryImages, MNISTDataModule
 from vae.elbo import importance_weighted_nll
@@ -85,6 +86,23 @@ def test_sample_py_draws_from_a_gpu_trained_checkpoint(gpu_run, data_dir, tmp_pa
     _, ckpt = gpu_run
     out = sample.main(["--ckpt_path", str(ckpt), "--data_dir", str(data_dir), "--n", "8"])
     assert all((out / f"{name}.png").stat().st_size > 0 for name in ("prior", "reconstructions", "interpolations"))
+
+
+def test_a_colour_folder_trains_tests_and_predicts_on_the_gpu_under_the_logistic_likelihood(
+    tmp_path, monkeypatch, data_dir
+):
+    """Beyond MNIST: RGB images from a folder, a conv network, the discretised logistic likelihood."""
+    write_folder(tmp_path / "images", {"train": 30, "test": 6})
+    monkeypatch.chdir(tmp_path)
+    source = ("--data.root", str(tmp_path / "images"), "--model.arch", "conv", *GPU)
+    cli = run_cli("fit", *FOLDER_RUN, *source, data_dir=data_dir)
+    assert cli.datamodule.train_set.images.is_cuda and cli.datamodule.image_shape == (3, 8, 8)
+    evaluate = ("--ckpt_path", "last", "--model.iw_samples", "4", "--data.val_size", "10", *GPU)
+    metrics = run_cli("test", *evaluate, data_dir=data_dir).trainer.callback_metrics
+    assert 0 < metrics["test/nll_bpd"].item() < 16 and metrics["test/nll"] <= metrics["test/loss"] + 1
+    run_cli("predict", *evaluate, data_dir=data_dir)
+    predictions = torch.load(tmp_path / "lightning_logs/version_0/predictions.pt", weights_only=True)
+    assert predictions["nll"].shape == (12,) and predictions["nll"].isfinite().all()
 
 
 def test_a_cpu_generator_drives_a_gpu_model_and_gives_the_cpus_numbers():
