@@ -18,7 +18,7 @@ from vae.callbacks import ImageGrids, LatentProjector
 from vae.elbo import negative_elbo
 from vae.model import VAE
 from vae.module import VAEModule
-from vae.pictures import PALETTE, latent_scatter, manifold_grid
+from vae.pictures import PALETTE, latent_scatter, manifold_grid, traversal_grid
 
 RGB = (3, 8, 8)
 
@@ -188,9 +188,12 @@ def test_data_of_another_shape_than_the_models_is_refused_in_one_line(colour_run
     assert "1x8x8" in message and "3x8x8" in message and "\n" not in message
 
 
-def test_the_2d_latent_pictures_of_colour_images():
+def test_the_latent_pictures_of_colour_images():
     model = VAE(hidden_dim=16, latent_dim=2, image_shape=RGB, likelihood="logistic")
     assert manifold_grid(model, n=4).shape == (3, 4 * 10 + 2, 4 * 10 + 2)
+    # report.py's traversals: pixel means, one RGB cell per value (not the decoder's 6 output channels)
+    traversal = traversal_grid(model, [1, 0], torch.linspace(-3, 3, 5))
+    assert traversal.shape == (3, 2 * 10 + 2, 5 * 10 + 2) and 0 <= traversal.min() and traversal.max() <= 1
     red = torch.zeros(6, *RGB)
     red[:, 0] = 1.0
     scatter = latent_scatter(model, red, torch.tensor([0, 0, 0, 12, 12, 12]), size=100)  # labels beyond ten
