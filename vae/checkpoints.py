@@ -126,14 +126,6 @@ class RunCheckpoint(ModelCheckpoint):
             if signum:
                 self._stop(trainer, signum)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
-        """`last.ckpt` after a validation inside an epoch (`val_check_interval` < 1), with or without a
-        best checkpoint: Lightning (2.6) writes it where it saves a best one, and only when it does, so
-        after a validation that did not improve val/loss, a resume would go back to the last that did."""
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         """`last.ckpt` at every epoch's end, after its validation, unless a save already wrote this step:
         Lightning's own writes it only when a best checkpoint was saved at this step (val/loss
