@@ -25,7 +25,6 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from optuna.visualization.matplotlib import plot_optimization_history
 from optuna_integration import PyTorchLightningPruningCallback
 
+from vae.atomic import atomic_write
 from vae.callbacks import NonFiniteLossError
 from vae.cli import LOGS_DIR, VAECLI
 from vae.cli_checks import CommandLineError
@@ -240,13 +240,6 @@ def note(trial: FrozenTrial) -> str:
     return f"retry of {retried}, whose worker stopped" if retried is not None else ""
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Several workers write the results: each replaces the file whole, never half-written."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    write(partial)
-    partial.replace(path)
-
-
 def trials_table(study: optuna.Study, objective: str, names: list[str]) -> str:
     header = ["trial", "state", objective, *names, "val/recon", "val/kl", "run", "note"]
     rows = [header, ["---"] * len(header)]
@@ -270,7 +263,8 @@ def best_config(trial: FrozenTrial) -> dict[str, Any]:
 def write_results(study: optuna.Study, study_dir: Path, objective: str, names: list[str]) -> None:
     """trials.md, best.yaml, objective.png and rate_distortion.png in the study's folder."""
     table = trials_table(study, objective, names)
-    write_atomically(study_dir / "trials.md", lambda p: p.write_text(table))
+    with atomic_write(study_dir / "trials.md") as f:  # several workers write the results
+        f.write(table.encode())
     print(table)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -279,10 +273,12 @@ def write_results(study: optuna.Study, study_dir: Path, objective: str, names: l
     best = study.best_trial
     text = f"# Trial {best.number} of study {study.study_name}: {objective} {best.value:.4f}\n"
     text += yaml.safe_dump(best_config(best), sort_keys=False)
-    write_atomically(study_dir / "best.yaml", lambda p: p.write_text(text))
+    with atomic_write(study_dir / "best.yaml") as f:
+        f.write(text.encode())
 
     axes = plot_optimization_history(study, target_name=objective)
-    write_atomically(study_dir / "objective.png", lambda p: axes.figure.savefig(p, format="png", dpi=120))
+    with atomic_write(study_dir / "objective.png") as f:
+        axes.figure.savefig(f, format="png", dpi=120)
     pyplot.close(axes.figure)
 
     figure = Figure(figsize=(6, 4.5))
@@ -298,7 +294,8 @@ def write_results(study: optuna.Study, study_dir: Path, objective: str, names: l
     axes.axline((0, elbo), slope=-1, linestyle="--", color="grey", label=f"-ELBO = {elbo:.1f} (best)")
     axes.set(xlabel="rate: val/kl (nats)", ylabel="distortion: val/recon (nats)", title=f"study {study.study_name}")
     axes.legend()
-    write_atomically(study_dir / "rate_distortion.png", lambda p: figure.savefig(p, format="png", dpi=120))
+    with atomic_write(study_dir / "rate_distortion.png") as f:
+        figure.savefig(f, format="png", dpi=120)
     print(f"Best: trial {best.number}, {objective} {best.value:.4f}; python train.py --config {study_dir}/best.yaml")
 
 

@@ -18,6 +18,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vae.atomic import PARTIAL_GLOB, atomic_write
+
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written; the one before it is untouched."""
@@ -94,7 +96,7 @@ class RunCheckpoint(ModelCheckpoint):
         `last.ckpt` one is replaced at the next save anyway, but a `best-epochNNN.ckpt` one would stay."""
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and trainer.is_global_zero and self.dirpath is not None:
-            for stale in Path(self.dirpath).glob(partial_file(Path("*")).name):  # .*.partial
+            for stale in Path(self.dirpath).glob(PARTIAL_GLOB):
                 stale.unlink(missing_ok=True)
 
     def on_train_batch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
@@ -192,10 +194,8 @@ class RunCheckpoint(ModelCheckpoint):
 class SafeCheckpointIO(TorchCheckpointIO):
     """Writes checkpoints so a kill never leaves a half-written file; reads them without running code.
 
-    Saving goes to a hidden temporary file in the same folder, is flushed to disk, then renamed
-    over the old file (a rename within a folder is atomic), so `last.ckpt` is always the previous
-    complete checkpoint or the new complete one. The folder is then flushed too: a rename is an
-    entry in the folder, and until the folder reaches the disk a power loss can undo it.
+    Saving goes through `vae.atomic.atomic_write`, so `last.ckpt` is always the previous complete
+    checkpoint or the new complete one.
     (Lightning's own save stages the file in the system temp folder, which is a copy, not a
     rename, when that is another file system.)
     Loading always uses `weights_only=True`: a crafted pickle cannot execute anything.
@@ -204,14 +204,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_file(path)
         try:
-            with open(partial, "wb") as f:
+            with atomic_write(path) as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-            _fsync_folder(path.parent)
         except OSError as err:  # disk full, quota, permissions, a vanished folder
             raise CheckpointWriteError(
                 f"Could not write the checkpoint {path}: {err.strerror or err}. "
@@ -219,30 +214,12 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 + "Free space or choose a writable folder (e.g. run from another directory), then resume with "
                 "--ckpt_path last."
             ) from err
-        finally:
-            partial.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
         """Every tensor is read onto the CPU, as Lightning's own default map_location does (Lightning calls
         this without one): a checkpoint written on a GPU then loads on a machine without one, and under
         DDP each rank's weights reach its own device through `load_state_dict`, not all cuda:0."""
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-
-
-def partial_file(path: Path) -> Path:
-    """Where `SafeCheckpointIO` writes `path` before renaming it into place: a hidden file beside it."""
-    return path.with_name(f".{path.name}.partial")
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Flush a folder's entries (a rename just made in it) to disk; POSIX only: Windows cannot open a folder."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def find_last_checkpoint(logs_dir: Path) -> Path:

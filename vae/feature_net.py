@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vae.atomic import atomic_write
+
 FEATURES = 64
 WIDTH = 16
 POOL = 7  # the feature maps are averaged down to POOL x POOL (28 x 28 images: 7 x 7 already, a no-op)
@@ -107,12 +109,11 @@ def cached_classifier(
         return classifier.eval(), path, False
     classifier = train_classifier(images, labels, to_float, epochs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")  # a killed report never leaves half a file under the name
-    torch.save(
-        {"state_dict": classifier.state_dict(), "channels": classifier.channels, "classes": classifier.classes},
-        partial,
-    )
-    partial.replace(path)
+    with atomic_write(path) as f:  # a killed report never leaves half a file under the name
+        torch.save(
+            {"state_dict": classifier.state_dict(), "channels": classifier.channels, "classes": classifier.classes},
+            f,
+        )
     return classifier, path, True
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from vae.atomic import atomic_write
 from vae.data_files import DataFilesError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -155,11 +156,10 @@ def _digest(value: object) -> str:
 
 
 def _write_cache(cache: Path, images: torch.Tensor, prefix: str) -> None:
-    """Written under a temporary name, then renamed: a killed run never leaves half a cache. Older
+    """Written atomically: a killed run never leaves half a cache. Older
     caches of the same folder and options (other files then) are deleted."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     for stale in cache.parent.glob(f"{prefix}-*.pt"):
         stale.unlink(missing_ok=True)
-    part = cache.with_name(f"{cache.name}.{os.getpid()}.part")
-    torch.save(images, part)
-    os.replace(part, cache)
+    with atomic_write(cache) as f:
+        torch.save(images, f)

