@@ -2,7 +2,7 @@
 # Every GPU check of this project in one script, sized for at most 9 minutes on one H100/H200.
 # From the repository root on the GPU machine (see docs/gpu.md):
 #
-#     source .device-kit/prelude.sh && bash bench/gpu.sh
+#     bash bench/gpu.sh        # MNIST in data/MNIST/raw, or BENCH_DATA_DIR=<folder with MNIST/raw>
 #
 # Most important first, so that a cut run loses the least:
 #   1. the card, driver and library versions
@@ -18,9 +18,9 @@
 #
 # Each step has a time limit inside one budget (BENCH_BUDGET_S, default 500 s); a step that no longer
 # fits is skipped and the summary says so. Full logs go to a folder that is kept and named at the end;
-# with OUT set (the device tool's output folder), after every step they are also packed into
+# with OUT set to a folder, after every step they are also packed into
 # $OUT/gpu-bench-logs.tar.gz and the summary so far written to $OUT/gpu-bench-summary.txt: two files,
-# so a run cut short still brings back what it did. Runs' checkpoints stay in a temporary folder.
+# so a run cut short still leaves what it did. Runs' checkpoints stay in a temporary folder.
 # To try the script without a GPU: BENCH_ACCELERATOR=cpu BENCH_QUICK=1 BENCH_DATA_DIR=<folder with MNIST/raw>.
 set -u
 
@@ -29,7 +29,7 @@ PY=$(command -v python || command -v python3)
 ACCELERATOR=${BENCH_ACCELERATOR:-gpu}
 DATA_DIR=${BENCH_DATA_DIR:-$REPO/data}
 if [ ! -f "$DATA_DIR/MNIST/raw/train-images-idx3-ubyte" ]; then
-    echo "bench/gpu.sh: no MNIST in $DATA_DIR/MNIST/raw: run it as 'source .device-kit/prelude.sh && bash bench/gpu.sh'"
+    echo "bench/gpu.sh: no MNIST in $DATA_DIR/MNIST/raw: put the four MNIST files there (docs/data.md) or set BENCH_DATA_DIR"
     exit 1
 fi
 DATA_DIR=$(cd "$DATA_DIR" && pwd)

@@ -2,12 +2,11 @@
 # The headline recipe (configs/gpu_binarized.yaml) on one GPU: for each seed, train (at most
 # 6 minutes, the config's max_time), then `test` at k = 5000; a table of the seeds last.
 #
-#   source .device-kit/prelude.sh && bash bench/gpu_recipe.sh             # seed 0
-#   source .device-kit/prelude.sh && SEEDS=1 bash bench/gpu_recipe.sh     # seed 1, in another session
+#   bash bench/gpu_recipe.sh                    # seed 0
+#   SEEDS=1 bash bench/gpu_recipe.sh            # seed 1 (SEEDS="0 1 2" BUDGET_S=1800: all three)
 #   python bench/recipe_table.py table out*/gpu_recipe/seed*.json          # the 3-seed table, anywhere
 #
-# One seed per device session by default: a seed is up to 6 + 2 minutes of work, a device
-# session has 15 minutes in all (start-up included) and 10 per command. Runs (with checkpoints)
+# One seed per command by default: a seed is up to 6 + 2 minutes of work. Runs (with checkpoints)
 # go to lightning_logs/gpu_recipe-<time>/; the logs, each seed's record (JSON) and the table go to
 # $OUT/gpu_recipe/ (or to the runs folder when $OUT is unset). The test is stopped, and its row
 # marked "not done", when it would end past BUDGET_S seconds after the script started.
