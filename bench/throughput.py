@@ -179,7 +179,7 @@ def startup_and_memory(data_dir: str, accelerator: str) -> tuple[float, float, f
     with tempfile.TemporaryDirectory() as cwd:
         cmd = [sys.executable, str(REPO / "train.py"), "--trainer.max_epochs=1", f"--data.data_dir={data_dir}"]
         cmd += [f"--trainer.accelerator={accelerator}", "--trainer.callbacks+=throughput.ChildReport"]
-        # bench/ for ChildReport, before whatever PYTHONPATH holds (the device kit's packages, on a GPU machine)
+        # bench/ for ChildReport, before whatever PYTHONPATH holds (packages installed outside the venv, say)
         paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         launched = time.time()
