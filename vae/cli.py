@@ -67,10 +67,9 @@ from vae.data import DEFAULT_SOURCE
 from vae.data_files import DataFilesError
 from vae.module import VAEModule
 from vae.predictions import PredictionsFile
-from vae.run import run_dir
+from vae.run import LOGS_DIR, run_dir
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-LOGS_DIR = "lightning_logs"
 PROGRESS_BAR_REFRESH_STEPS = 10
 # Model options that say how to evaluate or run, not what was trained: never taken from a checkpoint.
 EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")

@@ -61,9 +61,10 @@ def find_checkpoint(ckpt_path: str | os.PathLike, doing: str = "using") -> Path:
     return checkpoint
 
 
-def load_model(checkpoint: Path, device: str | torch.device = "cpu", **overrides: Any) -> VAEModule:
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", **overrides: Any) -> VAEModule:
     """The checkpoint's `VAEModule` in eval mode on `device`, its options replaced by `overrides`
     (evaluation settings such as `iw_samples`); anything but a checkpoint of this project is one line."""
+    checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise CheckpointError(
             f"--ckpt_path {checkpoint} does not exist. Pass a .ckpt written by train.py, or `last` for the newest "
@@ -83,7 +84,7 @@ def load_model(checkpoint: Path, device: str | torch.device = "cpu", **overrides
 
 
 def open_run(
-    checkpoint: Path, device: str | torch.device = "cpu", data_dir: str | None = None, **overrides: Any
+    checkpoint: str | os.PathLike, device: str | torch.device = "cpu", data_dir: str | None = None, **overrides: Any
 ) -> tuple[VAEModule, LightningDataModule]:
     """(the checkpoint's model, as `load_model` gives it; the run's own data module, its files read).
 
