@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import LightningDataModule
 
 from vae import mnist_files
 from vae.checkpoints import CheckpointError
@@ -47,9 +48,15 @@ def test_the_run_folder_and_the_default_output_folder():
     assert output_dir("logs/version_3/checkpoints/last.ckpt", "report", "mine") == Path("mine")
 
 
+class MyImages(LightningDataModule):
+    """A data source of your own: found by its name once its module is imported."""
+
+
 def test_a_data_source_is_named_as_train_py_names_it():
     assert data_source("MNISTDataModule", "--ood") is MNISTDataModule
     assert data_source(f"{MNISTDataModule.__module__}.MNISTDataModule", "--ood") is MNISTDataModule
+    assert data_source("MyImages", "--ood") is MyImages
+    assert data_source(f"{MyImages.__module__}.MyImages", "--ood") is MyImages
     for unknown in ("NoSuchDataModule", "os.system", "LightningDataModule"):
         with pytest.raises(SystemExit) as error:
             data_source(unknown, "--ood")

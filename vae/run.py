@@ -127,15 +127,19 @@ def data_sources() -> dict[str, type[LightningDataModule]]:
 
 
 def data_source(name: str, option: str) -> type[LightningDataModule]:
-    """The data module class a command line names, as `train.py --data NAME` takes it: the short name of
-    one of this project's sources (`MNISTDataModule`) or the full class path of an imported one."""
+    """The data module class a command line names, as `train.py --data NAME` takes it: its class name when
+    no other imported class has it (`MNISTDataModule`), else its full class path; one line if none fits."""
     found = data_sources()
-    project = DEFAULT_SOURCE.rpartition(".")[0]  # the module this project's sources are found in
-    ours = {path.rpartition(".")[2]: path for path in found if path.startswith(project + ".")}
-    wanted = found.get(name) or found.get(ours.get(name, ""))
+    by_name: dict[str, list[type[LightningDataModule]]] = {}
+    for source in found.values():
+        by_name.setdefault(source.__qualname__, []).append(source)
+    wanted = found.get(name) or (by_name[name][0] if len(by_name.get(name, [])) == 1 else None)
     if wanted is None or wanted is LightningDataModule:
+        project = DEFAULT_SOURCE.rpartition(".")[0]  # where this project's sources are
+        ours = [s for path, s in found.items() if path.startswith(project + ".")]
+        sources = sorted(s.__qualname__ for s in ours if not any(issubclass(o, s) for o in ours if o is not s))
         raise SystemExit(
-            f"error: {option} {name!r} is not a data source: give one of {', '.join(sorted(ours))}, or the full "
+            f"error: {option} {name!r} is not a data source: give one of {', '.join(sources)}, or the full "
             "class path of a LightningDataModule whose module is imported."
         )
     return wanted
