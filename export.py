@@ -1,6 +1,6 @@
 """A trained VAE as files that need only PyTorch: no Lightning, no code from this repository.
 
-    python export.py --ckpt_path PATH [--out DIR]
+    python export.py --ckpt_path PATH|last [--out DIR]
 
 writes into DIR (default: `<run>/export/` for a checkpoint in `<run>/checkpoints/`, else `export/`):
 
@@ -9,7 +9,7 @@ writes into DIR (default: `<run>/export/` for a checkpoint in `<run>/checkpoints
                   logits (B, C, H, W), whose sigmoid is the pixel means; for the discretised
                   logistic, (B, 2C, H, W), means then log-scales
     export.json   latent_dim, image_shape [C, H, W], likelihood, what the decoder outputs
-                  (decoder_output) and the checkpoint they came from
+                  (decoder_output, from the likelihood in vae/elbo.py) and the checkpoint they came from
 
 Both are `torch.export` programs (any batch size B >= 1), loaded with `torch.export.load(path).module()`:
 
@@ -24,21 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vae.callbacks import public
-from vae.checkpoints import CheckpointError, check_checkpoint, run_dir_of
 from vae.model import VAE
-from vae.module import VAEModule
-
-# What decoder.pt2 returns, for each likelihood: written into export.json for whoever loads it.
-DECODER_OUTPUT = {
-    "bernoulli": "Bernoulli logits (B, C, H, W); sigmoid(logits) is the pixel means in [0, 1]",
-    "logistic": (
-        "discretised logistics (B, 2C, H, W): channels [0, C) their means m, [C, 2C) their log-scales "
-        "log s, in the units of x in [0, 1]; value k of 0..255 has the logistic's mass on "
-        "[(k - 0.5) / 255, (k + 0.5) / 255], the bins of 0 and 255 open to -inf and +inf; the pixel means "
-        "are sum_{j=1..255} sigmoid((m - (j - 0.5) / 255) / s) / 255, close to clamp(m, 0, 1)"
-    ),
-}
+from vae.run import find_checkpoint, load_model, output_dir
 
 
 class Encoder(nn.Module):
@@ -65,25 +52,9 @@ class Decoder(nn.Module):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py, or `last`")
     parser.add_argument("--out", help="output folder (default: the run's export/, else export/)")
     return parser.parse_args(argv)
-
-
-def load_module(ckpt: Path) -> VAEModule:
-    """The `VAEModule` of a checkpoint of this project, in eval mode; anything else is one clear error."""
-    if not ckpt.is_file():
-        raise CheckpointError(f"--ckpt_path {ckpt} does not exist. Pass a .ckpt written by train.py.")
-    saved = check_checkpoint(ckpt)
-    try:
-        module = VAEModule(**public(saved.get("hyper_parameters", {})))
-        module.load_state_dict(saved["state_dict"])
-    except (TypeError, ValueError, RuntimeError):  # options VAEModule does not take, weights of another model
-        raise CheckpointError(
-            f"--ckpt_path {ckpt} is not a checkpoint of this project's VAE: its hyperparameters or weights "
-            "do not fit it. Pass a .ckpt written by train.py, e.g. <run>/checkpoints/last.ckpt."
-        ) from None
-    return module.eval()
 
 
 def export(vae: VAE) -> tuple[torch.export.ExportedProgram, torch.export.ExportedProgram]:
@@ -99,21 +70,20 @@ def export(vae: VAE) -> tuple[torch.export.ExportedProgram, torch.export.Exporte
 def main(argv: list[str] | None = None) -> Path:
     """Write the exported encoder and decoder; return the folder they are in."""
     args = parse_args(argv)
-    ckpt = Path(args.ckpt_path)
-    module = load_module(ckpt)
+    checkpoint = find_checkpoint(args.ckpt_path, "exporting")
+    module = load_model(checkpoint, "cpu")
     vae = module.model
     encoder, decoder = export(vae)  # before any folder exists: a failure leaves nothing behind
-    out = Path(args.out) if args.out else (run_dir_of(ckpt) or Path()) / "export"
+    out = output_dir(checkpoint, "export", args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.export.save(encoder, out / "encoder.pt2")
     torch.export.save(decoder, out / "decoder.pt2")
-    likelihood = module.hparams.likelihood
     about = {
         "latent_dim": vae.latent_dim,
         "image_shape": list(vae.image_shape),
-        "likelihood": likelihood,
-        "decoder_output": DECODER_OUTPUT[likelihood],
-        "ckpt_path": str(ckpt),
+        "likelihood": module.hparams.likelihood,
+        "decoder_output": vae.likelihood.decoder_output,
+        "ckpt_path": str(checkpoint),
     }
     (out / "export.json").write_text(json.dumps(about, indent=2) + "\n")
     for name in ("encoder.pt2", "decoder.pt2", "export.json"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ import export
 from tests.conftest import fit_in_a_new_folder
 from tests.test_checkpoints import CreatesAFileWhenUnpickled
 from vae.checkpoints import CheckpointError
+from vae.elbo import LIKELIHOODS
 from vae.module import VAEModule
 
 # Runs with `python -I` (no cwd, no PYTHONPATH on sys.path) from a folder outside the repository.
@@ -64,6 +66,19 @@ def test_by_default_the_export_goes_into_the_checkpoints_run(checkpoint):
     out = export.main(["--ckpt_path", str(checkpoint)])
     assert out == checkpoint.parent.parent / "export"
     assert sorted(p.name for p in out.iterdir()) == ["decoder.pt2", "encoder.pt2", "export.json"]
+
+
+@pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
+def test_export_json_says_what_the_decoder_outputs_for_every_likelihood(likelihood, tmp_path):
+    """The description comes from the likelihood itself: one defined without it does not exist."""
+    module = VAEModule(hidden_dim=8, latent_dim=2, likelihood=likelihood)
+    saved = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save(saved | {"pytorch-lightning_version": lightning.__version__}, tmp_path / "model.ckpt")
+    out = export.main(["--ckpt_path", str(tmp_path / "model.ckpt"), "--out", str(tmp_path / "export")])
+    about = json.loads((out / "export.json").read_text())
+    assert about["likelihood"] == likelihood and about["decoder_output"] == LIKELIHOODS[likelihood].decoder_output
+    channels = "(B, C, H, W)" if LIKELIHOODS[likelihood].outputs_per_channel == 1 else "(B, 2C, H, W)"
+    assert channels in about["decoder_output"]
 
 
 @pytest.mark.parametrize("bad", ["missing", "not a checkpoint", "crafted", "foreign", "bare state dict"])

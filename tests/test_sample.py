@@ -26,7 +26,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 def test_sample_py_writes_the_grids_into_the_checkpoints_run(copy_of_trained_run, data_dir):
     ckpt = copy_of_trained_run / "lightning_logs/version_0/checkpoints/last.ckpt"  # latent_dim 4
-    out = sample.main(["--ckpt_path", str(ckpt), "--data_dir", str(data_dir), "--n", "16"])
+    out = sample.main(["--ckpt_path", str(ckpt), "--data_dir", str(data_dir), "--n_samples", "16"])
     assert out == ckpt.parent.parent / "samples"
     names = ("prior", "reconstructions", "interpolations")
     sizes = {name: read_image(str(out / f"{name}.png")).shape for name in names}
@@ -38,11 +38,14 @@ def test_sample_py_writes_the_grids_into_the_checkpoints_run(copy_of_trained_run
     assert not (out / "manifold.png").exists()  # only for a 2-D latent space
 
 
-def test_sample_py_draws_the_manifold_and_scatter_of_a_2d_latent_space(in_tmp, data_dir):
+def test_sample_py_draws_the_manifold_and_scatter_of_a_2d_latent_space(in_tmp, data_dir, capsys):
+    """Also: `last` finds the run, and the old spelling `--n` still works, with a one-line notice."""
     run_cli("fit", "--trainer.max_epochs", "1", "--model.latent_dim", "2", data_dir=data_dir)
-    ckpt = in_tmp / "lightning_logs/version_0/checkpoints/last.ckpt"
-    out = sample.main(["--ckpt_path", str(ckpt), "--data_dir", str(data_dir), "--n", "8", "--out", "pics"])
+    out = sample.main(["--ckpt_path", "last", "--data_dir", str(data_dir), "--n=8", "--out", "pics"])
     assert out == Path("pics")
+    notes = capsys.readouterr().err.splitlines()
+    assert "note: --n is now --n_samples; the old spelling goes in the next release." in notes
+    assert read_image(str(out / "prior.png")).shape == (3, *grid_size(1, 8))
     assert read_image(str(out / "manifold.png")).shape == (3, *grid_size(20, 20))
     assert read_image(str(out / "latent_scatter.png")).shape == (3, 560, 560 + 56)
 

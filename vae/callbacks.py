@@ -3,13 +3,12 @@ TensorBoard, test metrics as JSON; and the guard that stops a run whose loss sto
 
 The writers write from global rank 0 only, never during the sanity-check pass, and never on
 the training hot path (they run once per validation epoch, or at the start/end of a stage).
-Files go into the run directory (`run_dir`), the folder that holds the run's `checkpoints/`,
+Files go into the run directory (`vae.run.run_dir`), the folder that holds the run's `checkpoints/`,
 whichever logger the run uses.
 """
 
 import json
 import math
-from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -21,6 +20,7 @@ from lightning.pytorch.utilities.model_summary.model_summary import _format_summ
 from torchvision.utils import save_image
 
 from vae.pictures import image_grid, interpolation_grid, reconstruction_grid
+from vae.run import public, run_dir
 
 # The scalars shown as columns in TensorBoard's HPARAMS tab (it reads their latest values).
 HPARAMS_METRICS = (
@@ -34,20 +34,6 @@ def _tensorboard(trainer: Trainer):  # -> SummaryWriter | None
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def run_dir(trainer: Trainer) -> Path:
-    """The run's own folder: the parent of its `checkpoints/`, i.e. `<save_dir>/<name>/<version>` for
-    every logger (for TensorBoard and CSV that is also `trainer.log_dir`; for others, e.g. MLflow, it is not).
-
-    Safe on rank 0 alone: unlike `trainer.log_dir`, it is no collective call (the checkpoint callback
-    resolved its folder on every rank at setup).
-    """
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is not None and checkpoint.dirpath is not None:
-        return Path(checkpoint.dirpath).parent
-    # no checkpoint callback (a Trainer built by hand): the logger's folder, else the trainer's
-    return Path(getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir)
 
 
 class ImageGrids(Callback):
@@ -170,11 +156,6 @@ class LatentProjector(Callback):
             global_step=trainer.global_step,
             tag="test/posterior_means",
         )
-
-
-def public(hparams: dict) -> dict:
-    """Hyperparameters without LightningCLI's bookkeeping (`_instantiator`, `_class_path`)."""
-    return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
 class HParamsWithMetrics(Callback):

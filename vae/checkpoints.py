@@ -260,8 +260,3 @@ def training_position(checkpoint: dict[str, Any]) -> dict[str, int] | None:
     fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
     states = fit_loop.get("combined_loader") or [None]
     return states[0]
-
-
-def run_dir_of(checkpoint: Path) -> Path | None:
-    """`<logs>/version_N` for a checkpoint saved by this project in `<logs>/version_N/checkpoints/`."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None

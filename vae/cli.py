@@ -51,7 +51,6 @@ from vae.checkpoints import (
     RunCheckpoint,
     check_checkpoint,
     find_last_checkpoint,
-    run_dir_of,
     training_position,
 )
 from vae.cli_checks import (
@@ -68,9 +67,9 @@ from vae.data import DEFAULT_SOURCE
 from vae.data_files import DataFilesError
 from vae.module import VAEModule
 from vae.predictions import PredictionsFile
+from vae.run import LOGS_DIR, run_dir
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-LOGS_DIR = "lightning_logs"
 PROGRESS_BAR_REFRESH_STEPS = 10
 # Model options that say how to evaluate or run, not what was trained: never taken from a checkpoint.
 EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
@@ -240,11 +239,11 @@ class VAECLI(LightningCLI):
     def _pin_logger(checkpoint: Path, logger_args) -> None:
         """Log into the checkpoint's own run directory, not a new `version_N`; Lightning's warning that its
         checkpoint folder "exists and is not empty" is then expected, and left out."""
-        run_dir = run_dir_of(checkpoint)
-        if run_dir is not None and logger_args is not None and "version" in logger_args:
-            logger_args.save_dir, logger_args.name, logger_args.version = str(run_dir.parent), "", run_dir.name
+        run = run_dir(checkpoint)
+        if run is not None and logger_args is not None and "version" in logger_args:
+            logger_args.save_dir, logger_args.name, logger_args.version = str(run.parent), "", run.name
             # spelled as Lightning spells it: os.path.join(save_dir, name, version, "checkpoints")
-            folder = os.path.join(logger_args.save_dir, "", run_dir.name, "checkpoints")
+            folder = os.path.join(logger_args.save_dir, "", run.name, "checkpoints")
             warnings.filterwarnings(
                 "ignore", message=re.escape(f"Checkpoint directory {folder} exists and is not empty.")
             )

@@ -126,14 +126,24 @@ class Likelihood(NamedTuple):
     log_likelihood: LogLikelihood  # (decoder output, x) -> log p(x|z) per image, in nats
     pixel_means: Callable[[torch.Tensor], torch.Tensor]  # decoder output -> E[x|z] in [0, 1], (B, C, H, W)
     start: Callable[[torch.Tensor], torch.Tensor]  # pixel means (C, H, W) -> an output with those means
+    decoder_output: str  # what the decoder's output is, for whoever uses it without this code (export.json)
 
 
 LIKELIHOODS = {
-    "bernoulli": Likelihood(1, bernoulli_log_likelihood, torch.sigmoid, bernoulli_start),
-    "logistic": Likelihood(
-        2, discretized_logistic_log_likelihood, discretized_logistic_mean, discretized_logistic_start
+    "bernoulli": Likelihood(
+        1, bernoulli_log_likelihood, torch.sigmoid, bernoulli_start,
+        decoder_output="Bernoulli logits (B, C, H, W); sigmoid(logits) is the pixel means in [0, 1]",
     ),
-}
+    "logistic": Likelihood(
+        2, discretized_logistic_log_likelihood, discretized_logistic_mean, discretized_logistic_start,
+        decoder_output=(
+            "discretised logistics (B, 2C, H, W): channels [0, C) their means m, [C, 2C) their log-scales "
+            "log s, in the units of x in [0, 1]; value k of 0..255 has the logistic's mass on "
+            "[(k - 0.5) / 255, (k + 0.5) / 255], the bins of 0 and 255 open to -inf and +inf; the pixel means "
+            "are sum_{j=1..255} sigmoid((m - (j - 0.5) / 255) / s) / 255, close to clamp(m, 0, 1)"
+        ),
+    ),
+}  # fmt: skip
 
 
 def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

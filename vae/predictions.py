@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vae.callbacks import run_dir
+from vae.run import run_dir
 
 
 class PredictionsFile(BasePredictionWriter):

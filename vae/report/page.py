@@ -1,5 +1,8 @@
 """The report as one HTML page: `index.html` beside its PNG pictures, readable without TensorBoard.
 
+Each part of the report is a `Section`: its numbers (report.json), the rows of its table (the same
+numbers, named and explained), notes, and its pictures with their captions; `page` lays them out in
+order, so a section's function is the one place a number is computed, named and explained.
 Every number is printed as `json.dumps` writes it into report.json (the report rounds them once, before
 both), so the page and the file agree to the digit; a headless browser checks that (tests/test_report.py).
 Training curves are drawn as inline SVG polylines: a few lines of markup, not a plotting library.
@@ -8,6 +11,9 @@ Training curves are drawn as inline SVG polylines: a few lines of markup, not a 
 import html
 import json
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -81,9 +87,32 @@ def curves_svg(
     return f"<figure>{''.join(parts)}<figcaption>{html.escape(title)}</figcaption></figure>"
 
 
-def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
-    """The whole document: a title, then (heading, HTML body) sections."""
-    body = "".join(f"<h2>{html.escape(heading)}</h2>{content}" for heading, content in sections)
+class Section(NamedTuple):
+    """One part of the report: `numbers` go into report.json under `key` (and, those that are numbers, to
+    the run's logger as `report/<key>/<name>`); `rows` are the page's table of them, (name, value, what it
+    means); `notes` follow the table; `pictures` (name -> (image (3, H, W) in [0, 1], caption)) are saved
+    as `<name>.png` and shown in order; `html` is drawn last (charts, sub-tables)."""
+
+    key: str
+    title: str
+    numbers: dict
+    rows: list[tuple[str, object, str]] = []
+    notes: list[str] = []
+    pictures: dict[str, tuple[torch.Tensor, str]] = {}
+    html: str = ""
+
+
+def page(title: str, sections: Sequence[Section]) -> str:
+    """The whole document: a title, then each section's heading, table, notes, pictures and other HTML.
+    A picture is shown larger than its pixels (digits are small), at most 600 pixels wide."""
+    parts = []
+    for section in sections:
+        body = table(section.rows) if section.rows else ""
+        body += "".join(paragraph(note) for note in section.notes)
+        for name, (picture, caption) in section.pictures.items():
+            body += figure(f"{name}.png", caption, min(int(1.5 * picture.shape[-1]), 600))
+        parts.append((section.title, body + section.html))
+    body = "".join(f"<h2>{html.escape(heading)}</h2>{content}" for heading, content in parts)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"

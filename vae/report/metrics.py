@@ -33,6 +33,26 @@ def frechet_distance(feature_net: nn.Module, a: torch.Tensor, b: torch.Tensor, b
     return float(metric.compute())
 
 
+def halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of two disjoint random halves of n items (the first one more when n is odd), drawn from `seed`."""
+    first, second = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).chunk(2)
+    return first, second
+
+
+def frechet_floor(feature_net: nn.Module, real: torch.Tensor, n_samples: int, seed: int) -> float:
+    """What a perfect model would score in `frechet_distance(feature_net, real, samples)` with `n_samples`
+    samples: one whose samples are new images of the same distribution as `real`.
+
+    A Fréchet distance estimated from finite sets is biased upwards even between two samples of the same
+    distribution, by about c (1/n_a + 1/n_b) (for the means' term exactly tr(S) (1/n_a + 1/n_b); the
+    covariances' term to first order in 1/n). So the distance between two disjoint random halves of
+    `real` (N/2 against N/2 images, both terms 4c/N) is rescaled to the score's sizes, n_samples against
+    all N: times (1/n_samples + 1/N) / (1/h_1 + 1/h_2), which is 1/2 for n_samples = N."""
+    first, second = halves(len(real), seed)
+    between_halves = frechet_distance(feature_net, real[first], real[second])
+    return between_halves * (1 / n_samples + 1 / len(real)) / (1 / len(first) + 1 / len(second))
+
+
 def class_evenness(counts: torch.Tensor) -> float:
     """Entropy of the class frequencies over its maximum, log(classes): 1 when every class is drawn
     equally often, 0 when only one is."""
