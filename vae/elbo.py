@@ -25,7 +25,7 @@ Plain PyTorch: no Lightning here.
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +128,8 @@ class Likelihood(NamedTuple):
     start: Callable[[torch.Tensor], torch.Tensor]  # pixel means (C, H, W) -> an output with those means
 
 
+# The names `--model.likelihood` accepts (its `--help` lists them); `LIKELIHOODS` has one p(x|z) per name.
+LikelihoodName = Literal["bernoulli", "logistic"]
 LIKELIHOODS = {
     "bernoulli": Likelihood(1, bernoulli_log_likelihood, torch.sigmoid, bernoulli_start),
     "logistic": Likelihood(
