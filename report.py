@@ -35,10 +35,10 @@ from torchvision.utils import save_image
 from vae import report_page as html
 from vae.callbacks import public
 from vae.checkpoints import check_checkpoint, run_dir_of
-from vae.lightning_internals import ContinuingCSVLogger
 from vae.data import datamodule_of_run
 from vae.feature_net import cached_classifier, predicted_classes
 from vae.latents import LatentUsage
+from vae.lightning_internals import ContinuingCSVLogger
 from vae.module import VAEModule
 from vae.pictures import image_grid, points_scatter, reconstruction_grid, traversal_grid
 from vae.report_metrics import (

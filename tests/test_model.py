@@ -74,7 +74,7 @@ def test_conv_output_bias_starts_at_the_pixel_means():
 
 
 def test_the_accepted_names_are_the_networks_and_likelihoods_there_are():
-    """`--model.arch` and `--model.likelihood` accept exactly the names the tables hold: one can't drift from the other."""
+    """`--model.arch` and `--model.likelihood` accept exactly the names their tables hold: neither drifts."""
     assert get_args(Architecture) == tuple(ARCHITECTURES)
     assert get_args(LikelihoodName) == tuple(LIKELIHOODS)
 

@@ -175,7 +175,8 @@ class VAECLI(LightningCLI):
             logger_args = logger.init_args if hasattr(logger, "init_args") else None
             self._pin_logger(checkpoint, logger_args)
             if getattr(logger, "class_path", None) == "lightning.pytorch.loggers.CSVLogger":
-                logger.class_path = "vae.lightning_internals.ContinuingCSVLogger"  # Lightning's would delete metrics.csv
+                # Lightning's would delete metrics.csv
+                logger.class_path = "vae.lightning_internals.ContinuingCSVLogger"
             self._resumed = (checkpoint, training_position(saved)) if subcommand == "fit" else None
         self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
         if logger_args is not None and "save_dir" in logger_args:

@@ -2,7 +2,7 @@
 
 Each piece does something no public Lightning API offers (written against Lightning 2.6); its
 docstring names the internal it relies on and why. If an upgrade renames one, the tests that
-cover it fail (tests/test_outputs.py, tests/test_checkpoints.py).
+cover it fail (tests/test_outputs.py, tests/test_cli.py).
 """
 
 import csv

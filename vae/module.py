@@ -217,7 +217,7 @@ class VAEModule(LightningModule):
         """The negative ELBO of each image from one stochastic pass."""
         x, _ = batch
         output, mu, logvar = self.model(x)
-        self._log_elbo_terms("val", negative_elbo(output, x, mu, logvar, self.log_likelihood), mu, logvar)
+        self._log_elbo("val", negative_elbo(output, x, mu, logvar, self.log_likelihood), mu, logvar)
 
     def on_test_start(self) -> None:
         k = self.hparams.iw_samples
@@ -228,7 +228,7 @@ class VAEModule(LightningModule):
         """In float32 whatever the training precision: autocast off here, float32 weights (`vae.precision`)."""
         with torch.autocast(self.device.type, enabled=False):
             scores = self._scores(batch[0])
-        self._log_elbo_terms("test", (scores["loss"], scores["recon"], scores["kl"]), scores["mu"], scores["logvar"])
+        self._log_elbo("test", (scores["loss"], scores["recon"], scores["kl"]), scores["mu"], scores["logvar"])
         if "nll" in scores:
             self._log_mean("test", "nll", scores["nll"])
             self._log_mean("test", "nll_bpd", scores["nll"] / (math.prod(self.model.image_shape) * math.log(2)))
@@ -269,7 +269,7 @@ class VAEModule(LightningModule):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def _log_elbo_terms(self, stage: str, terms: tuple[torch.Tensor, ...], mu: torch.Tensor, logvar: torch.Tensor) -> None:
+    def _log_elbo(self, stage: str, terms: tuple[torch.Tensor, ...], mu: torch.Tensor, logvar: torch.Tensor) -> None:
         """`<stage>/loss`, `/recon`, `/kl` from per-image (loss, recon, kl); latent usage from q(z|x)."""
         for term, values in zip(TERMS, terms, strict=True):
             self._log_mean(stage, term, values, prog_bar=term == "loss")
