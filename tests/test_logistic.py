@@ -132,3 +132,34 @@ def test_a_half_precision_decoder_output_is_evaluated_in_float32():
     assert log_p.dtype == torch.float32
     torch.testing.assert_close(log_p, expected)
     torch.testing.assert_close(discretized_logistic_mean(params), discretized_logistic_mean(params.float()))
+
+
+def test_under_bf16_true_a_pixel_at_level_128_is_scored_on_bin_128(data_dir):
+    """bfloat16 rounds 128/255 to 0.50390625, half a bin higher: the batch must reach the likelihood as the
+    exact 8-bit values whatever the precision, and a bfloat16 network must take it as it is.
+
+    Known answer: a logistic of mean 0.5 and scale s (its bfloat16 values) gives level 128, whose bin
+    is [127.5/255, 128.5/255], sigmoid((128.5/255 - 0.5) / s) - sigmoid((127.5/255 - 0.5) / s) per pixel.
+    """
+    from lightning.pytorch import Trainer
+
+    from vae.data import MNISTDataModule
+
+    trainer = Trainer(precision="bf16-true", accelerator="cpu", logger=False, enable_progress_bar=False)
+    data = MNISTDataModule(data_dir=str(data_dir))
+    data.trainer = trainer
+    images = torch.full((2, 1, 28, 28), 128, dtype=torch.uint8)
+    x, _ = data.on_after_batch_transfer((images, torch.zeros(2)), 0)
+    assert x.dtype == torch.float32 and torch.equal(x, torch.full_like(x, 128) / 255)
+
+    mean, log_scale = torch.tensor(0.5).bfloat16(), torch.tensor(math.log(1 / 255)).bfloat16()
+    params = torch.cat([mean.expand(2, 1, 28, 28), log_scale.expand(2, 1, 28, 28)], 1)  # bfloat16, as decoded
+    s = math.exp(log_scale.item())
+    sigmoid = lambda t: 1 / (1 + math.exp(-t))  # noqa: E731
+    bin_128 = math.log(sigmoid((128.5 / 255 - 0.5) / s) - sigmoid((127.5 / 255 - 0.5) / s))  # about -1.47
+    log_p = LIKELIHOODS["logistic"].log_likelihood(params, x)
+    torch.testing.assert_close(log_p, torch.full((2,), 784 * bin_128), rtol=1e-5, atol=0)
+
+    module = VAEModule(hidden_dim=16, latent_dim=3, likelihood="logistic").to(torch.bfloat16)  # bf16-true's weights
+    loss, _ = module._loss_and_objective(x)  # the float32 batch through a bfloat16 network: no dtype error
+    assert loss.dtype == torch.float32 and loss.isfinite().all()

@@ -1,7 +1,12 @@
+from typing import get_args
+
 import pytest
 import torch
 
-from vae.model import VAE
+from tests.conftest import run_cli
+from vae.cli import VAECLI
+from vae.elbo import LIKELIHOODS, LikelihoodName
+from vae.model import ARCHITECTURES, VAE, Architecture
 
 
 def test_shapes_follow_hidden_and_latent_dims():
@@ -68,9 +73,40 @@ def test_conv_output_bias_starts_at_the_pixel_means():
     torch.testing.assert_close(model.sample(2), pixel_mean.expand(2, 1, 28, 28))
 
 
-def test_an_unknown_architecture_names_the_option():
-    with pytest.raises(ValueError, match="--model.arch must be one of mlp, conv"):
-        VAE(arch="transformer")
+def test_the_accepted_names_are_the_networks_and_likelihoods_there_are():
+    """`--model.arch` and `--model.likelihood` accept exactly the names their tables hold: neither drifts."""
+    assert get_args(Architecture) == tuple(ARCHITECTURES)
+    assert get_args(LikelihoodName) == tuple(LIKELIHOODS)
+
+
+CHOICES = {
+    "arch": ("mlp", "conv", "resnet"),
+    "likelihood": ("bernoulli", "logistic"),
+    "lr_schedule": ("constant", "cosine"),
+    "compile": ("default", "reduce-overhead", "max-autotune"),
+    "matmul_precision": ("highest", "high", "medium"),
+}
+
+
+def test_help_lists_the_values_of_every_model_option_with_a_fixed_set(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        VAECLI(args=["fit", "--help"])
+    assert exit_.value.code in (0, None)
+    help_text = "".join(capsys.readouterr().out.split())  # without the line breaks of its wrapping
+    for option, values in CHOICES.items():
+        assert f"--model.{option}" in help_text
+        assert "{" + ",".join(values) + "}" in help_text or all(f"'{v}'" in help_text for v in values), option
+
+
+@pytest.mark.parametrize("option", sorted(CHOICES))
+def test_a_value_not_in_the_set_stops_with_the_parsers_one_line_and_no_run(tmp_path, monkeypatch, data_dir, option):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("fit", f"--model.{option}", "foo", data_dir=data_dir)
+    message = str(exit_.value.code)
+    assert message.startswith(f"error: --model.{option} foo: not a value this option accepts.") and "\n" not in message
+    assert message.endswith("--help` lists the options and their values.")
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])

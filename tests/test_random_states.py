@@ -1,28 +1,44 @@
 """Every process's random state goes into the checkpoint, and each process takes back its own.
 
 Under DDP each process draws its own reparameterisation noise (on a GPU, from its GPU's
-generator), and only rank 0 writes the checkpoint. These run the save and load hooks with a
-stand-in trainer of several ranks; the gather itself is Lightning's `all_gather`, replaced here
-by what the other ranks would send.
+generator), and only rank 0 writes the checkpoint. These run `RandomStates`' save and load hooks
+with a stand-in trainer of several ranks; the gather itself is Lightning's `all_gather`, replaced
+here by what the other ranks would send. (tests/test_resume_exact.py and tests/test_ddp.py resume
+real runs bit-identically through them.)
 """
 
 from types import SimpleNamespace
 
+import lightning
 import pytest
 import torch
 
 from vae.module import VAEModule
+from vae.random_states import RandomStates
 
 
 def state_of_seed(seed: int) -> torch.Tensor:
     return torch.Generator().manual_seed(seed).get_state()
 
 
-def module_on_rank(rank: int, world_size: int, device: str = "cpu") -> VAEModule:
-    module = VAEModule(hidden_dim=8, latent_dim=2)
-    strategy = SimpleNamespace(root_device=torch.device(device))
-    module.trainer = SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy)
-    return module
+class OnRank:
+    """A module on rank `rank` of `world_size` processes, and its RandomStates callback's hooks."""
+
+    def __init__(self, rank: int, world_size: int, device: str = "cpu") -> None:
+        self.module = VAEModule(hidden_dim=8, latent_dim=2)
+        strategy = SimpleNamespace(root_device=torch.device(device))
+        self.trainer = SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy)
+        (self.callback,) = [c for c in self.module.configure_callbacks() if isinstance(c, RandomStates)]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.callback.on_save_checkpoint(self.trainer, self.module, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.callback.on_load_checkpoint(self.trainer, self.module, checkpoint)
+
+
+def module_on_rank(rank: int, world_size: int, device: str = "cpu") -> OnRank:
+    return OnRank(rank, world_size, device)
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +52,7 @@ def test_every_ranks_state_is_gathered_into_the_checkpoint(monkeypatch):
     module = module_on_rank(0, world_size=2)
     torch.manual_seed(10)
     other_rank = state_of_seed(11)
-    monkeypatch.setattr(module, "all_gather", lambda mine: torch.stack([mine, other_rank]))
+    monkeypatch.setattr(module.module, "all_gather", lambda mine: torch.stack([mine, other_rank]))
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     ranks = checkpoint["rng_states"]["ranks"]
@@ -67,11 +83,46 @@ def test_a_checkpoint_written_before_per_rank_states_still_restores_the_cpu_stat
     assert torch.equal(torch.get_rng_state(), state_of_seed(3))
 
 
-def test_loading_weights_outside_a_trainer_leaves_the_global_random_state_alone():
+def test_loading_weights_outside_a_trainer_leaves_the_global_random_state_alone(tmp_path):
+    """`load_from_checkpoint` (weights for use, e.g. sample.py) runs no callback: the caller's stream stays."""
     module = VAEModule(hidden_dim=8, latent_dim=2)
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__,
+                "rng_states": {"ranks": [{"torch": state_of_seed(0)}]}}, path)  # fmt: skip
     torch.manual_seed(5)
-    module.on_load_checkpoint({"rng_states": {"ranks": [{"torch": state_of_seed(0)}]}})
-    assert torch.equal(torch.get_rng_state(), state_of_seed(5))
+    VAEModule(hidden_dim=8, latent_dim=2)  # building the module draws its initial weights, as loading does
+    built = torch.get_rng_state()
+    torch.manual_seed(5)
+    VAEModule.load_from_checkpoint(path, weights_only=True)
+    assert torch.equal(torch.get_rng_state(), built)
+
+
+def test_rank_r_draws_from_the_runs_seed_plus_r_and_rank_0_keeps_its_stream(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "40")
+    for rank, stream in ((1, 41), (3, 43)):
+        on_rank = module_on_rank(rank, world_size=4)
+        on_rank.callback.setup(on_rank.trainer, on_rank.module, "fit")
+        assert torch.equal(torch.get_rng_state(), state_of_seed(stream))
+    on_rank = module_on_rank(0, world_size=4)
+    torch.manual_seed(7)
+    on_rank.callback.setup(on_rank.trainer, on_rank.module, "fit")
+    assert torch.equal(torch.get_rng_state(), state_of_seed(7))
+
+
+def test_every_trainer_the_module_runs_in_gets_the_random_states_and_the_precision_policy(tmp_path):
+    """Added by the module itself (`configure_callbacks`), so a Trainer built by hand resumes exactly too."""
+    from lightning.pytorch import Trainer
+
+    from vae.precision import PrecisionPolicy
+
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0,
+                      enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")  # fmt: skip
+    module = VAEModule(hidden_dim=8, latent_dim=2, init_output_bias=False)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(4, 1, 28, 28), torch.zeros(4)))
+    trainer.fit(module, data)
+    kinds = {type(callback) for callback in trainer.callbacks}
+    assert {RandomStates, PrecisionPolicy} <= kinds
 
 
 def gpu_state(rank: int) -> torch.Tensor:
@@ -101,7 +152,7 @@ def test_on_gpus_every_ranks_cpu_and_gpu_states_are_gathered_and_split_apart(mon
     module = module_on_rank(0, world_size=2, device="cuda:0")
     torch.manual_seed(10)
     other_rank = torch.cat([state_of_seed(11), gpu_state(1)])  # what rank 1 sends: its two states, end to end
-    monkeypatch.setattr(module, "all_gather", lambda mine: torch.stack([mine, other_rank]))
+    monkeypatch.setattr(module.module, "all_gather", lambda mine: torch.stack([mine, other_rank]))
     checkpoint = {}
     module.on_save_checkpoint(checkpoint)
     ranks = checkpoint["rng_states"]["ranks"]

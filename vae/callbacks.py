@@ -16,9 +16,9 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.callbacks.model_summary import log as model_summary_log
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 from torchvision.utils import save_image
 
+from vae.lightning_internals import logging_step, summary_table
 from vae.pictures import image_grid, interpolation_grid, reconstruction_grid
 from vae.run import public, run_dir
 
@@ -119,7 +119,7 @@ class SummaryWithoutFLOPs(ModelSummary):
     def summarize(summary_data: list, total_parameters: int, trainable_parameters: int, model_size: float,
                   total_training_modes: dict[str, int], total_flops: int, **summarize_kwargs) -> None:  # fmt: skip
         columns = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format_summary_table(
+        table = summary_table(
             total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *columns
         )
         model_summary_log.info("\n" + table.rsplit("\n", 1)[0])  # the last line is "Total Flops"
@@ -186,23 +186,6 @@ class HParamsWithMetrics(Callback):
             writer.file_writer.add_summary(summary)
 
 
-class EvaluateAtCheckpointStep(Callback):
-    """`test`/`validate --ckpt_path X` log their scalars at X's training step and epoch, not at 0.
-
-    Lightning logs evaluation scalars at its count of training batches that stepped, and adds an
-    `epoch` scalar from its epoch count, both of which only `fit` restores; so the test points of a
-    checkpoint sat at the far left of its training curves (testing `best` and `last` put two points
-    on one), and the `epoch` curve fell to 0 at its end. Here that count is set to the checkpoint's
-    `global_step` (one optimiser step per batch that stepped) and the epoch to its `epoch`, so each
-    tested checkpoint is a point above the step it was saved at and the `epoch` curve stays level.
-    """
-
-    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
-        if trainer.state.fn != TrainerFn.FITTING and "global_step" in checkpoint:
-            trainer.fit_loop.epoch_loop._batches_that_stepped = checkpoint["global_step"]
-            trainer.fit_loop.epoch_progress.current.completed = checkpoint["epoch"]
-
-
 class KLPerDimensionToLoggers(Callback):
     """Sends the `val_kl_per_dim/zNN` and `test_kl_per_dim/zNN` scalars to the loggers, at the step
     of the other validation or test scalars.
@@ -225,7 +208,7 @@ class KLPerDimensionToLoggers(Callback):
         per_dim = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
         if not trainer.is_global_zero or not per_dim:
             return
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # where Lightning put the stage's other scalars
+        step = logging_step(trainer)  # where Lightning put the stage's other scalars
         for logger in trainer.loggers:
             logger.log_metrics(per_dim, step=step)
             logger.save()

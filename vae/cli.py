@@ -37,7 +37,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vae.callbacks import (
-    EvaluateAtCheckpointStep,
     HParamsWithMetrics,
     ImageGrids,
     KLPerDimensionToLoggers,
@@ -63,8 +62,9 @@ from vae.cli_checks import (
     trainer_option_error,
 )
 from vae.console import quiet_console
-from vae.data import DEFAULT_SOURCE
+from vae.data import DEFAULT_SOURCE, ImageDataModule
 from vae.data_files import DataFilesError
+from vae.lightning_internals import EvaluateAtCheckpointStep
 from vae.module import VAEModule
 from vae.predictions import PredictionsFile
 from vae.run import LOGS_DIR, run_dir
@@ -72,10 +72,9 @@ from vae.run import LOGS_DIR, run_dir
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 PROGRESS_BAR_REFRESH_STEPS = 10
 # Model options that say how to evaluate or run, not what was trained: never taken from a checkpoint.
-EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
-# Model options that fix the shapes of the weights (the likelihood: the decoder's outputs per
-# sub-pixel): a checkpoint cannot be loaded into others.
-WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim", "likelihood")
+EVALUATION_SETTINGS = VAEModule.EVALUATION_SETTINGS
+# Model options that fix the shapes of the weights: a checkpoint cannot be loaded into others.
+WEIGHT_SHAPE_OPTIONS = VAEModule.WEIGHT_SHAPE_OPTIONS
 # What each subcommand does with the checkpoint `--ckpt_path last` found, said on the console.
 WHAT_IS_DONE_WITH = {
     "fit": "resuming the training of",
@@ -85,7 +84,7 @@ WHAT_IS_DONE_WITH = {
 }
 # Data options that say where the files are and how to serve them, not what the model was trained
 # and validated on: never taken from a checkpoint (every other option of its data source is).
-SERVING_OPTIONS = ("data_dir", "batch_size", "on_device")
+SERVING_OPTIONS = ImageDataModule.SERVING_OPTIONS
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -175,7 +174,8 @@ class VAECLI(LightningCLI):
             logger_args = logger.init_args if hasattr(logger, "init_args") else None
             self._pin_logger(checkpoint, logger_args)
             if getattr(logger, "class_path", None) == "lightning.pytorch.loggers.CSVLogger":
-                logger.class_path = "vae.csv_logger.ContinuingCSVLogger"  # Lightning's would delete metrics.csv
+                # Lightning's would delete metrics.csv
+                logger.class_path = "vae.lightning_internals.ContinuingCSVLogger"
             self._resumed = (checkpoint, training_position(saved)) if subcommand == "fit" else None
         self._evaluation_settings = {name: config.model[name] for name in EVALUATION_SETTINGS}
         if logger_args is not None and "save_dir" in logger_args:

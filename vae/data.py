@@ -116,7 +116,7 @@ def seeded_split(n: int, held: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 def run_seed() -> int:
     """The run's seed, the same on every process: `seed_everything`'s (Lightning keeps it in PL_GLOBAL_SEED),
     else the global generator's. Not simply the generator's under DDP, where each rank draws its noise
-    from a generator of its own (`VAEModule.setup`)."""
+    from a generator of its own (`vae.random_states`)."""
     return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
 
 
@@ -149,6 +149,8 @@ class ImageDataModule(LightningDataModule):
 
     # Images in the source's training set when it is fixed, so that `val_size` is checked before any file is read.
     train_images: int | None = None
+    # Options that say where the files are and how to serve them: a checkpoint's are never taken (`vae.cli`).
+    SERVING_OPTIONS = ("data_dir", "batch_size", "on_device")
 
     def __init__(
         self,
@@ -273,16 +275,13 @@ class ImageDataModule(LightningDataModule):
         The draw applies to every batch, but validation and test images are already 0 or 1, which
         a Bernoulli draw returns unchanged: only training batches change.
 
-        The float batch then gets the precision's input dtype (bfloat16 under `bf16-true`: Lightning
-        converts floating inputs before this hook, when the batch is still uint8), except in `test`,
-        which evaluates in float32 whatever the training precision (`VAEModule.test_step`), and in
-        `predict`, which computes the same numbers per image.
+        The batch stays float32 whatever the training precision (Lightning converts floating inputs
+        before this hook, when the batch is still uint8): the likelihood compares with the exact 8-bit
+        values, and the network takes the images in its own dtype (`VAE.encode`).
         """
         images, labels = batch
         x = images.float().div_(255)
         x = torch.bernoulli(x) if self.binarize == "dynamic" else x
-        if self.trainer is not None and not (self.trainer.testing or self.trainer.predicting):
-            x = self.trainer.precision_plugin.convert_input(x)
         return x, labels
 
 

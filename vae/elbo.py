@@ -25,7 +25,7 @@ Plain PyTorch: no Lightning here.
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +129,8 @@ class Likelihood(NamedTuple):
     decoder_output: str  # what the decoder's output is, for whoever uses it without this code (export.json)
 
 
+# The names `--model.likelihood` accepts (its `--help` lists them); `LIKELIHOODS` has one p(x|z) per name.
+LikelihoodName = Literal["bernoulli", "logistic"]
 LIKELIHOODS = {
     "bernoulli": Likelihood(
         1, bernoulli_log_likelihood, torch.sigmoid, bernoulli_start,

@@ -16,16 +16,17 @@ convolutional ones halve the sides twice, so they need H and W divisible by 4. T
 what the likelihood (`vae.elbo.LIKELIHOODS`) needs per sub-pixel: C channels of Bernoulli logits,
 or 2C (a mean and a log-scale) for the discretised logistic.
 
-Images go in as (B, C, H, W) floats in [0, 1]; the decoder returns (B, k C, H, W), so the loss
+Images go in as (B, C, H, W) floats in [0, 1], in any float dtype; the decoder returns (B, k C, H, W), so the loss
 (`vae.elbo`) never needs to know which architecture produced it.
 """
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
-from vae.elbo import LIKELIHOODS
+from vae.elbo import LIKELIHOODS, LikelihoodName
 
 
 class PixelBias(nn.Module):
@@ -131,6 +132,8 @@ def resnet(
     return encoder, decoder
 
 
+# The names `--model.arch` accepts (its `--help` lists them); `ARCHITECTURES` has one network per name.
+Architecture = Literal["mlp", "conv", "resnet"]
 ARCHITECTURES = {"mlp": mlp, "conv": conv, "resnet": resnet}
 
 
@@ -164,15 +167,11 @@ class VAE(nn.Module):
         self,
         hidden_dim: int = 512,
         latent_dim: int = 20,
-        arch: str = "mlp",
+        arch: Architecture = "mlp",
         image_shape: tuple[int, int, int] = (1, 28, 28),
-        likelihood: str = "bernoulli",
+        likelihood: LikelihoodName = "bernoulli",
     ) -> None:
         super().__init__()
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"--model.arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}.")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"--model.likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}.")
         self.latent_dim, self.image_shape = latent_dim, _checked_shape(image_shape)
         self.likelihood = LIKELIHOODS[likelihood]
         out_channels = self.likelihood.outputs_per_channel * self.image_shape[0]
@@ -185,8 +184,12 @@ class VAE(nn.Module):
         self.to_logvar = nn.Linear(hidden_dim, latent_dim)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parameters of q(z|x) = N(mu, exp(logvar)), each (B, latent_dim)."""
-        h = self.encoder(x)
+        """Parameters of q(z|x) = N(mu, exp(logvar)), each (B, latent_dim).
+
+        x may be float32 whatever the network's dtype: it enters the network in the weights' dtype
+        (bfloat16 under `bf16-true`), while the likelihood compares the output with the exact x.
+        """
+        h = self.encoder(x.to(self.to_mu.weight.dtype))
         return self.to_mu(h), self.to_logvar(h)
 
     @staticmethod

@@ -1,4 +1,6 @@
-"""The LightningModule: the VAE, its loss, its optimiser, and what is logged.
+"""The LightningModule: the VAE, its objective, its optimiser, and what is logged. Two callbacks it brings
+to every Trainer keep the rest apart: the random states in checkpoints (`vae.random_states`) and the
+precision of what is reported (`vae.precision`).
 
 Metrics are per image, in nats, whichever likelihood (`test/nll_bpd` alone is in bits per
 sub-pixel). Validation and test use torchmetrics' `MeanMetric` over every image's value, so an
@@ -17,13 +19,13 @@ import math
 from typing import Literal
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from vae.data import run_seed
 from vae.elbo import (
+    LikelihoodName,
     free_bits_kl,
     gaussian_kl,
     importance_weighted_terms,
@@ -32,12 +34,11 @@ from vae.elbo import (
     negative_iw_bound,
 )
 from vae.latents import LatentUsage
-from vae.model import VAE
+from vae.model import VAE, Architecture
+from vae.precision import PrecisionPolicy, float32_default_dtype
+from vae.random_states import RandomStates
 
 TERMS = ("loss", "recon", "kl")
-LR_SCHEDULES = ("constant", "cosine")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 def _mean() -> MeanMetric:
@@ -53,12 +54,10 @@ class VAEModule(LightningModule):
         hidden_dim: width of the encoder's and the decoder's hidden layer.
         latent_dim: dimensions of z.
         arch: "mlp" (the classic 784-hidden-latent network), "conv" or "resnet" (see `vae.model`).
-        image_shape: (channels, height, width) of the images. The command line takes it from the
-            data (`image_shape` of the datamodule); it is saved with the checkpoint, so a loaded model
-            knows what it draws.
-        likelihood: p(x|z) per sub-pixel (`vae.elbo.LIKELIHOODS`): "bernoulli" (logits; for binary or
-            grey MNIST) or "logistic", a discretised logistic per 8-bit value (a mean and a log-scale
-            per sub-pixel), whose `test/nll` is a true negative log-likelihood of the bytes.
+        image_shape: (channels, height, width) of the images. The command line takes it from the data; it
+            is saved with the checkpoint, so a loaded model knows what it draws.
+        likelihood: p(x|z) per sub-pixel (`vae.elbo.LIKELIHOODS`): "bernoulli" (logits; for binary or grey
+            MNIST) or "logistic", a discretised logistic per 8-bit value: a true likelihood of the bytes.
         lr: Adam's (peak) learning rate.
         lr_schedule: "constant", or "cosine": from `lr` down to 0 over the run's planned steps
             (`max_epochs` or `max_steps`; a run cut short by `max_time` stops before the end).
@@ -66,40 +65,40 @@ class VAEModule(LightningModule):
             `train/loss`, `val/loss` and `test/loss` report the true negative ELBO (beta = 1).
         kl_warmup_epochs: raise the KL weight linearly from 0 to `beta` over this many epochs
             (0: no warm-up); a remedy for posterior collapse early in training.
-        free_bits: nats of KL per latent dimension that cost nothing in the training objective
-            (Kingma et al. 2016; 0: off): each dimension's KL, averaged over the batch, counts as at
-            least `free_bits`, and below it gets no gradient, so dimensions are not pushed onto the
-            prior early in training and left there. Not with `train_iw_samples` > 1.
+        free_bits: nats of KL per latent dimension that cost nothing in the training objective (Kingma et
+            al. 2016; 0: off): each dimension's KL, averaged over the batch, counts as at least `free_bits`
+            and below it gets no gradient, so dimensions are not pushed onto the prior early in training
+            and left there. Not with `train_iw_samples` > 1.
         train_iw_samples: k > 1 trains on the importance-weighted bound with k samples per image
             (Burda et al. 2015's IWAE) instead of the ELBO: tighter, so the model is fitted to a
             better estimate of log p(x), at k decoder passes per image. The KL weight (beta, warm-up)
             scales log p(z) - log q(z|x) inside each weight. 1: the ELBO, with its analytic KL.
-        init_output_bias: start the decoder's output bias at each sub-pixel's mean over the training
-            images (the datamodule's `pixel_mean()`): the Bernoulli's mean, the logistic's centre; a
-            checkpoint's weights, when resuming, replace it.
-        iw_samples: importance samples per test image for `test/nll` (0: no `test/nll`). An evaluation
-            setting, not part of the trained model: `test` takes it from the command line, never
-            from the checkpoint. More samples give a tighter (lower) estimate and cost k decoder
-            passes per image (docs/results.md, "Cost of the test"). The same samples give `test/recon`.
-        compile: `torch.compile` the network's forward pass, and the decoder for the importance-weighted
-            objective and `test/nll`, when a Trainer runs them: true (or
-            "default"), "reduce-overhead" (also CUDA graphs: replays each step's kernels in one
-            launch; every batch shape, e.g. a short last batch, gets its own graph) or
-            "max-autotune". A setting of the run, not of the model: never taken from a checkpoint.
-        matmul_precision: `torch.set_float32_matmul_precision` for the run: "highest" (float32),
-            "high" (TF32 matrix products on GPUs that have them) or "medium" (bfloat16 products).
-            Also a setting of the run, never taken from a checkpoint.
+        init_output_bias: start the decoder's output bias at each sub-pixel's mean over the training images
+            (the datamodule's `pixel_mean()`); a checkpoint's weights, when resuming, replace it.
+        iw_samples: importance samples per test image for `test/nll` (0: no `test/nll`); the same samples
+            give `test/recon`. More give a tighter (lower) estimate and cost k decoder passes per image
+            (docs/results.md, "Cost of the test"). An evaluation setting, never taken from the checkpoint.
+        compile: `torch.compile` the network when a Trainer runs it: true (or "default"), "reduce-overhead"
+            (also CUDA graphs: each step's kernels replayed in one launch; every batch shape, e.g. a short
+            last batch, gets its own graph) or "max-autotune". A setting of the run, never taken from a checkpoint.
+        matmul_precision: "highest" (float32), "high" (TF32 matrix products on GPUs that have them) or
+            "medium" (bfloat16 products), for the run (`vae.precision`); never taken from a checkpoint.
     """
+
+    # Options that say how to evaluate or run, not what was trained: never taken from a checkpoint (`vae.cli`).
+    EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
+    # Options that fix the shapes of the weights: a checkpoint's weights fit no other values of them.
+    WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim", "likelihood")
 
     def __init__(
         self,
         hidden_dim: int = 512,
         latent_dim: int = 20,
-        arch: str = "mlp",
+        arch: Architecture = "mlp",
         image_shape: tuple[int, int, int] = (1, 28, 28),
-        likelihood: str = "bernoulli",
+        likelihood: LikelihoodName = "bernoulli",
         lr: float = 1e-3,
-        lr_schedule: str = "constant",
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
         init_output_bias: bool = True,
@@ -115,8 +114,6 @@ class VAEModule(LightningModule):
                 raise ValueError(f"--model.{name} must be positive, got {value}.")
         if beta < 0 or kl_warmup_epochs < 0:
             raise ValueError(f"--model.beta and --model.kl_warmup_epochs must be >= 0, got {beta}, {kl_warmup_epochs}.")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"--model.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}.")
         if iw_samples < 0:
             raise ValueError(f"--model.iw_samples must be 0 (no test/nll) or a number of samples, got {iw_samples}.")
         if free_bits < 0 or train_iw_samples < 1:
@@ -128,14 +125,6 @@ class VAEModule(LightningModule):
             raise ValueError(
                 "--model.free_bits applies to the KL term of the ELBO, which the importance-weighted bound "
                 "(--model.train_iw_samples > 1) does not have: set one of them, not both."
-            )
-        if compile not in (True, False, *COMPILE_MODES):
-            raise ValueError(
-                f"--model.compile must be true, false or one of {', '.join(COMPILE_MODES)}, got {compile!r}."
-            )
-        if matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(
-                f"--model.matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {matmul_precision!r}."
             )
         self.save_hyperparameters()
         self.model = VAE(hidden_dim, latent_dim, arch, image_shape, likelihood)
@@ -149,12 +138,13 @@ class VAEModule(LightningModule):
         self.latent_usage = nn.ModuleDict({stage: LatentUsage(latent_dim) for stage in ("val", "test")})
         self._decode = self.model.decode  # compiled in a compiled run (`configure_model`)
 
+    def configure_callbacks(self) -> list[Callback]:
+        """What every run of this module needs, whoever built its Trainer: the random states in checkpoints
+        (`vae.random_states`) and the precision of what is reported (`vae.precision`)."""
+        return [RandomStates(), PrecisionPolicy(self.hparams.matmul_precision)]
+
     def setup(self, stage: str) -> None:
         # Runs after the datamodule's setup and before a checkpoint is restored.
-        torch.set_float32_matmul_precision(self.hparams.matmul_precision)
-        # cuDNN's convolutions (conv, resnet) take TF32 unless told not to, whatever the matmul precision
-        torch.backends.cudnn.allow_tf32 = self.hparams.matmul_precision != "highest"
-        self._own_random_stream()
         datamodule = self.trainer.datamodule
         data_shape = getattr(datamodule, "image_shape", None)
         if data_shape is not None and tuple(data_shape) != self.model.image_shape:
@@ -169,79 +159,15 @@ class VAEModule(LightningModule):
     def configure_model(self) -> None:
         """Compile here, not in `__init__`: only a Trainer's run is compiled, not a model loaded to sample from.
 
-        `VAE.forward` (the ELBO step: one graph from image to logits) and, for the paths that call the
-        decoder outside it (the importance-weighted objective, the k decoder passes of `test/nll`), the
-        decoder alone. Not the encoder and the decoder as two graphs for everything: with CUDA graphs,
-        in evaluation (no backward pending) each compiled call starts a new iteration and frees the
-        previous call's outputs, so the encoder's mu would be gone by the time the loss reads it.
+        `VAE.forward` (the ELBO step, one graph) and, for the importance-weighted objective and `test/nll`,
+        the decoder alone. Not the encoder and the decoder as two graphs for everything: with CUDA graphs,
+        in evaluation each compiled call frees the previous call's outputs, so mu would be gone by the loss.
         """
         if self.hparams.compile:
             mode = None if self.hparams.compile is True else self.hparams.compile
             # dynamic=False: each batch shape gets its own static graph (what CUDA graphs need)
             self.model.compile(mode=mode, dynamic=False)
             self._decode = torch.compile(self.model.decode, mode=mode, dynamic=False)
-
-    def _own_random_stream(self) -> None:
-        """Under DDP, rank r > 0 draws its noise (reparameterisation, dynamic binarisation) from the run's
-        seed + r, so the ranks' images do not share one noise sequence; rank 0 keeps the stream of a single
-        process. A checkpoint's random states, restored after this, replace it (exact resume)."""
-        rank = self.trainer.global_rank
-        if rank:
-            torch.manual_seed(run_seed() + rank)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The random state that draws the reparameterisation noise decides the future, so it is saved:
-        every process's own (its CPU generator and its GPU's), gathered into the one file rank 0 writes.
-
-        Runs on every rank (Lightning's `save_checkpoint` must be called on all of them), so the
-        gather is a collective that every rank joins.
-        """
-        checkpoint["rng_states"] = {"ranks": self._rng_states_of_every_rank()}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Each process takes back its own random state. A checkpoint from another number of processes
-        cannot give each its own: then every process takes rank 0's CPU state and no GPU state."""
-        if self._trainer is None:  # `load_from_checkpoint`: weights for use, the global random state left alone
-            return
-        states = checkpoint.get("rng_states", {})
-        ranks = states.get("ranks", [{"torch": states["torch"]}] if "torch" in states else [])  # older: rank 0's CPU
-        if not ranks:
-            return
-        world_size, rank = self.trainer.world_size, self.trainer.global_rank
-        if len(ranks) == world_size:
-            mine = ranks[rank]
-        else:
-            rank_zero_warn(
-                f"The checkpoint holds the random states of {len(ranks)} process(es) and this run has {world_size}: "
-                "rank 0 starts from the checkpoint's rank-0 CPU state, the others from fresh streams. Training "
-                "continues correctly, but not bit-identically to an uninterrupted run."
-            )
-            if rank:
-                return  # the stream `setup` gave it
-            mine = {"torch": ranks[0]["torch"]}
-        torch.set_rng_state(mine["torch"])
-        device = self.trainer.strategy.root_device  # the model may not be on it yet: restoring comes first
-        if "cuda" in mine and device.type == "cuda":
-            torch.cuda.set_rng_state(mine["cuda"], device)
-        if "mps" in mine and device.type == "mps":
-            torch.mps.set_rng_state(mine["mps"])
-
-    def _rng_states_of_every_rank(self) -> list[dict[str, torch.Tensor]]:
-        """[{"torch": CPU generator state, "cuda" or "mps": this rank's GPU generator state}, one per rank]."""
-        mine, device = {"torch": torch.get_rng_state()}, self.trainer.strategy.root_device
-        if device.type == "cuda":
-            mine["cuda"] = torch.cuda.get_rng_state(device)
-        elif device.type == "mps":
-            mine["mps"] = torch.mps.get_rng_state()
-        if self.trainer.world_size == 1:
-            return [mine]
-        # one uint8 vector per rank, gathered on the device (NCCL gathers only GPU tensors)
-        sizes = {name: len(state) for name, state in mine.items()}
-        gathered = self.all_gather(torch.cat(list(mine.values())).to(device)).cpu()
-        return [
-            {name: state.clone() for name, state in zip(sizes, row.split(list(sizes.values())), strict=True)}
-            for row in gathered
-        ]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model(x)
@@ -288,77 +214,43 @@ class VAEModule(LightningModule):
         return beta * min(1.0, progress)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        """The negative ELBO of each image from one stochastic pass."""
+        x, _ = batch
+        output, mu, logvar = self.model(x)
+        self._log_elbo("val", negative_elbo(output, x, mu, logvar, self.log_likelihood), mu, logvar)
 
     def on_test_start(self) -> None:
         k = self.hparams.iw_samples
-        rank_zero_info(
-            f"test/nll uses k={k} importance samples per image (--model.iw_samples)."
-            if k
-            else "test/nll is off (--model.iw_samples 0)."
-        )
-        self.model.to(self._at_least_float32())  # bf16-true's / 16-true's weights, upcast exactly
-        self._metrics_at_least_float32()
-
-    def on_test_end(self) -> None:
-        self.model.to(self.dtype)
-
-    def on_predict_start(self) -> None:
-        self.model.to(self._at_least_float32())  # as for test
-
-    def on_predict_end(self) -> None:
-        self.model.to(self.dtype)
-
-    def on_validation_start(self) -> None:
-        self._metrics_at_least_float32()
-
-    def _at_least_float32(self) -> torch.dtype:
-        return torch.promote_types(self.dtype, torch.float32)
-
-    def _metrics_at_least_float32(self) -> None:
-        """`bf16-true` / `16-true` convert the whole module, metric states too (torchmetrics guards only
-        `.half()`-style calls, not Lightning's `.to(dtype)`): a bfloat16 sum over thousands of images
-        keeps 3 significant digits. Here they go back to float32 (a no-op when they are)."""
-        dtype = self._at_least_float32()
-        self.metrics.to(dtype)
-        self.latent_usage.to(dtype)
+        said = f"uses k={k} importance samples per image (--model.iw_samples)" if k else "is off (--model.iw_samples 0)"
+        rank_zero_info(f"test/nll {said}.")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        """In float32 whatever the training precision (autocast off, float32 weights and images): at
-        bfloat16, the noise, the logits and k = 5000 log-weights would be rounded, and `test/nll` biased."""
+        """In float32 whatever the training precision: autocast off here, float32 weights (`vae.precision`)."""
         with torch.autocast(self.device.type, enabled=False):
-            self._test(batch)
-
-    def _test(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        k = self.hparams.iw_samples
-        if not k:
-            self._evaluate(batch, "test")
-            return
-        x, _ = batch
-        mu, logvar = self.model.encode(x)
-        nll, recon = importance_weighted_terms(x, mu, logvar, self._decode, k, log_likelihood=self.log_likelihood)
-        kl = gaussian_kl(mu, logvar)
-        self._log_elbo_terms("test", (recon + kl, recon, kl), mu, logvar)
-        self._log_mean("test", "nll", nll)
-        self._log_mean("test", "nll_bpd", nll / (math.prod(self.model.image_shape) * math.log(2)))
+            scores = self._scores(batch[0])
+        self._log_elbo("test", (scores["loss"], scores["recon"], scores["kl"]), scores["mu"], scores["logvar"])
+        if "nll" in scores:
+            self._log_mean("test", "nll", scores["nll"])
+            self._log_mean("test", "nll_bpd", scores["nll"] / (math.prod(self.model.image_shape) * math.log(2)))
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """The posterior q(z|x) of each image, with its label, and how likely the model finds it: its
-        negative ELBO (`loss`) and, with `iw_samples` > 0, `nll`, computed as `test_step` computes them
-        (in float32 whatever the training precision)."""
+        """The posterior q(z|x) of each image, its label, its negative ELBO (`loss`) and, with `iw_samples` > 0,
+        `nll`, computed as `test_step` computes them (in float32 whatever the training precision)."""
         with torch.autocast(self.device.type, enabled=False):
-            return self._predict(batch)
+            scores = self._scores(batch[0])
+        kept = {name: scores[name] for name in ("loss", "nll") if name in scores}
+        return {"mu": scores["mu"], "logvar": scores["logvar"], "label": batch[1], **kept}
 
-    def _predict(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, labels = batch
+    def _scores(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each image's q(z|x) (`mu`, `logvar`), negative ELBO (`loss` = `recon` + `kl`) and, with `iw_samples`
+        > 0, `nll`: then `recon` averages the same k samples as `nll`, so `loss` is not one draw's noise."""
         mu, logvar = self.model.encode(x)
-        k = self.hparams.iw_samples
+        k, kl = self.hparams.iw_samples, gaussian_kl(mu, logvar)
         if k:
             nll, recon = importance_weighted_terms(x, mu, logvar, self._decode, k, log_likelihood=self.log_likelihood)
-            return {"mu": mu, "logvar": logvar, "label": labels, "loss": recon + gaussian_kl(mu, logvar), "nll": nll}
-        output = self._decode(self.model.reparameterize(mu, logvar))
-        loss, _, _ = negative_elbo(output, x, mu, logvar, self.log_likelihood)
-        return {"mu": mu, "logvar": logvar, "label": labels, "loss": loss}
+            return {"mu": mu, "logvar": logvar, "loss": recon + kl, "recon": recon, "kl": kl, "nll": nll}
+        recon = -self.log_likelihood(self._decode(self.model.reparameterize(mu, logvar)), x)
+        return {"mu": mu, "logvar": logvar, "loss": recon + kl, "recon": recon, "kl": kl}
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior, as pixel means in [0, 1], (n, C, H, W)."""
@@ -377,34 +269,18 @@ class VAEModule(LightningModule):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
-        """The negative ELBO of each image from one stochastic pass."""
-        x, _ = batch
-        output, mu, logvar = self.model(x)
-        self._log_elbo_terms(stage, negative_elbo(output, x, mu, logvar, self.log_likelihood), mu, logvar)
-
-    def _log_elbo_terms(
-        self, stage: str, terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mu: torch.Tensor, logvar: torch.Tensor
-    ) -> None:
+    def _log_elbo(self, stage: str, terms: tuple[torch.Tensor, ...], mu: torch.Tensor, logvar: torch.Tensor) -> None:
         """`<stage>/loss`, `/recon`, `/kl` from per-image (loss, recon, kl); latent usage from q(z|x)."""
         for term, values in zip(TERMS, terms, strict=True):
             self._log_mean(stage, term, values, prog_bar=term == "loss")
         self.latent_usage[stage].update(mu, logvar)
 
     def _log_mean(self, stage: str, term: str, values: torch.Tensor, prog_bar: bool = False) -> None:
-        """`<stage>/<term>`, the mean of each image's value over the epoch.
-
-        With the default dtype at float32 (`bf16-true` / `16-true` set it to theirs around each step):
-        Lightning moves the metric to the value's device on every `log`, and torchmetrics then takes
-        the default dtype as the metric's, rounding every value it adds to bfloat16.
-        """
-        metric, default = self.metrics[stage][term], torch.get_default_dtype()
-        torch.set_default_dtype(self._at_least_float32())
-        try:
+        """`<stage>/<term>`, the mean of each image's value over the epoch."""
+        metric = self.metrics[stage][term]
+        with float32_default_dtype():  # the metric's sums stay float32 under bf16-true (`vae.precision`)
             metric.update(values)
             self.log(f"{stage}/{term}", metric, prog_bar=prog_bar, batch_size=len(values))
-        finally:
-            torch.set_default_dtype(default)
 
     def on_validation_epoch_end(self) -> None:
         self._log_latent_usage("val")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from vae.csv_logger import ContinuingCSVLogger
+from vae.lightning_internals import ContinuingCSVLogger
 
 
 def logged_curves(run: Path | None, tags: list[str]) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
