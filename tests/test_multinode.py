@@ -163,3 +163,29 @@ def test_a_two_node_test_gives_the_numbers_of_one_process_on_the_same_checkpoint
     cli = VAECLI(args=["test", "--ckpt_path", str(ckpt), "--model.iw_samples", "3", *DATA, *QUIET, *one])
     for name, value in record["metrics"].items():
         assert cli.trainer.callback_metrics[name].item() == pytest.approx(value, rel=1e-6), name
+
+
+@pytest.mark.parametrize(
+    "world_size, options, said",
+    [
+        (3, ["--trainer.devices", "1", "--trainer.num_nodes", "2"], "(1 * 2) does not match the world size (3)"),
+        (2, ["--trainer.devices", "1", "--trainer.num_nodes", "1"], "(1 * 1) does not match the world size (2)"),
+    ],
+    ids=["another --nproc-per-node on the other machine", "--trainer.num_nodes not torchrun's --nnodes"],
+)  # fmt: skip
+def test_process_counts_that_are_not_the_launchers_are_one_line_before_anything_runs(
+    data_dir, tmp_path, monkeypatch, world_size, options, said
+):
+    """What torchrun gives the first process of node 0 (its environment), and a command line that
+    does not agree with it: one line at once, rather than Lightning's traceback once `fit` starts."""
+    torchrun = {"TORCHELASTIC_RUN_ID": "none", "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0",
+                "LOCAL_WORLD_SIZE": "1", "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port())}  # fmt: skip
+    for name, value in torchrun.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        VAECLI(args=["fit", "--data.data_dir", str(data_dir), *NODES[:4], *options])
+    message = str(error.value)
+    assert said in message and "--trainer.num_nodes its machines" in message and "\n" not in message
+    assert not (tmp_path / "lightning_logs").exists()
