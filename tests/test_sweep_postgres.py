@@ -51,11 +51,15 @@ def test_workers_that_start_together_on_a_new_database_all_open_it(new_database)
     simultaneous creations fail on a duplicate name, and those open the database again."""
     url = new_database("started_together")
     opened = []
-    workers = [threading.Thread(target=lambda: opened.append(sweep.open_storage(url, 1, None))) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+
+    def worker() -> None:
+        opened.append(sweep.open_storage(url, 1, sweep.RetryStaleTrials(max_retry=2)))
+
+    workers = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
     assert len(opened) == 4
 
 
@@ -126,7 +130,7 @@ def test_three_workers_one_killed_run_each_trial_once_and_retry_the_killed_one_o
     assert len(states) == 4 and states.count(TrialState.FAIL) == 1 and states[3] == TrialState.COMPLETE, printed
     worker = {pid: name for name, pid in pids.items()}
     ran = [worker[int(t.user_attrs["worker"].rpartition(":")[2])] for t in study.trials]
-    assert sorted(ran[:2]) == ["a", "b"] and ran[2:] in (["b", "b"], ["b", "c"], ["c", "b"], ["c", "c"])
+    assert sorted(ran[:2]) == ["a", "b"] and set(ran[2:]) <= {"b", "c"}  # A and B took the first two
     killed, retry = study.trials[ran.index("a")], study.trials[3]
     assert killed.state == TrialState.FAIL
     assert RetryHeartbeatStaleTrialCallback.retry_history(retry) == [killed.number] and retry.params == killed.params
