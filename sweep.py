@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 import yaml
 from lightning.pytorch import Trainer
 from matplotlib import pyplot
@@ -130,22 +131,54 @@ def check_train_options(path: Path, fixed: list[str], space: dict[str, BaseDistr
         probe.parser.parse_args([*fixed, *(f"--{name}={option_value(v)}" for name, v in values.items())])
 
 
-def open_storage(url: str, heartbeat: int, max_retry: int) -> RDBStorage:
-    """The study's database, with heartbeats: a trial whose worker stops beating is failed and retried."""
+class RetryStaleTrials(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker stopped beating, noting whether this worker queued one."""
+
+    def __init__(self, max_retry: int) -> None:
+        super().__init__(max_retry=max_retry)
+        self.max_retry, self.queued_here = max_retry, False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        super().__call__(study, trial)
+        self.queued_here = len(self.retry_history(trial)) < self.max_retry  # Optuna's own limit
+
+
+def open_storage(url: str, heartbeat: int, retries: RetryStaleTrials) -> RDBStorage:
+    """The study's database, with heartbeats: a trial whose worker stops beating is failed and retried.
+    On a new database the first workers all create Optuna's tables at once: those that lose the
+    race (a duplicate name) open it again, as it now has them."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # wait for the other workers' writes
+    for attempt in range(3):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=heartbeat,
+                heartbeat_stale_trial_callback=retries,
+            )
+        except sqlalchemy.exc.IntegrityError as err:  # another worker's table or type came first
+            if attempt == 2:
+                raise cannot_open(url, err) from None
+            time.sleep(1)
+        except Exception as err:  # sqlalchemy's and the drivers' many kinds, all meaning "not this URL"
+            raise cannot_open(url, err) from None
+
+
+def cannot_open(url: str, err: Exception) -> CommandLineError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return CommandLineError(
+        f"--storage {without_password(url)}: cannot open it ({reason.replace(url, without_password(url))}). "
+        "Check the URL, that the server is up and reachable, and that its driver is installed "
+        "(PostgreSQL: pip install 'psycopg[binary]' and a postgresql+psycopg:// URL; MySQL: PyMySQL)."
+    )
+
+
+def without_password(url: str) -> str:
+    """The URL to print: its password, if any, as ***."""
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
-    except Exception as err:  # sqlalchemy's and the drivers' many kinds, all meaning "not this URL"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CommandLineError(
-            f"--storage {url}: cannot open it ({reason}). Check the URL, that the server is up and reachable, and "
-            "that its driver is installed (PostgreSQL: psycopg2-binary; MySQL: PyMySQL)."
-        ) from None
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: nothing in it can be told apart
+        return url
 
 
 def make(path: Path, module, spec: dict[str, Any] | None, default: str, **extra: Any):
@@ -215,18 +248,25 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in trials if t.number not in replaced]
 
 
-def run_worker(study: optuna.Study, objective: Objective, n_trials: int, heartbeat: int) -> None:
-    """Start trials until `n_trials` have started (a retry waiting to run is always started), then
-    wait, checking for stale trials to take over, until all have finished."""
+def run_worker(study: optuna.Study, objective: Objective, n_trials: int, heartbeat: int, retries: RetryStaleTrials):
+    """Start trials until `n_trials` have started or wait as retries, then wait, checking for stale
+    trials to take over, until all have finished. The worker that marks a trial stale queues its retry and runs it
+    at once; another one takes a queued retry only if it is still waiting a look later (the worker
+    that queued it stopped): two idle workers that both went for it would run a trial too many."""
+    seen: set[int] = set()  # retries waiting at the previous look
     while True:
+        retries.queued_here = False
         fail_stale_trials(study)
         trials = counted_trials(study)
         started = [t for t in trials if t.state != TrialState.WAITING]
         if sum(t.state.is_finished() for t in started) >= n_trials:
             return
-        if len(started) < len(trials) or len(started) < n_trials:
+        waiting = {t.number for t in trials if t.state == TrialState.WAITING}
+        if len(trials) < n_trials or retries.queued_here or waiting & seen:  # a waiting retry is counted
             study.optimize(objective, n_trials=1, catch=(Exception,))
+            seen = set()
         else:
+            seen = waiting
             time.sleep(heartbeat)
 
 
@@ -361,7 +401,8 @@ def main(argv: list[str] | None = None) -> optuna.Study:
     if url is None:
         study_dir.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{study_dir / 'study.db'}"
-    storage = open_storage(url, settings["heartbeat"], settings["max_retry"])
+    retries = RetryStaleTrials(max_retry=settings["max_retry"])
+    storage = open_storage(url, settings["heartbeat"], retries)
     study_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         storage=storage,
@@ -373,10 +414,10 @@ def main(argv: list[str] | None = None) -> optuna.Study:
     )
     if study.direction.name.lower() != settings["direction"]:
         raise CommandLineError(
-            f"study {study.study_name} in {url} was created to {study.direction.name.lower()} its objective: "
-            f"drop --direction, or name a new study with --study_name."
+            f"study {study.study_name} in {without_password(url)} was created to {study.direction.name.lower()} its "
+            "objective: drop --direction, or name a new study with --study_name."
         )
-    run_worker(study, Objective(study_dir, fixed, space, objective), n_trials, settings["heartbeat"])
+    run_worker(study, Objective(study_dir, fixed, space, objective), n_trials, settings["heartbeat"], retries)
     write_results(study, study_dir, objective, list(space))
     return study
 

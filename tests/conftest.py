@@ -233,5 +233,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """pytest-xdist (`-n 2 --dist loadfile`, pyproject.toml) gives a worker whole files, in this
     order: the files that launch processes first, so that they start at once and the many short
     tests fill the other worker around them."""
-    first = ("test_ddp.py", "test_fault.py", "test_sweep.py")
+    first = ("test_ddp.py", "test_multinode.py", "test_fault.py", "test_sweep.py", "test_sweep_postgres.py")
     items.sort(key=lambda item: item.path.name not in first)

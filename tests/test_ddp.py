@@ -6,8 +6,8 @@ another, the same fit SIGKILLed (every process at once, one of them half-way thr
 checkpoint) in the middle of its second epoch, a 2-process resume with `--ckpt_path last`, a
 2-process `test` and a 2-process `predict`. What each command left behind (its `lightning_logs/`
 and every rank's record, see tests/ddp_train.py) is copied aside; the tests read it. This is the
-fault test of DDP (tests/test_fault.py kills a single process at random moments), and the only
-file that launches DDP processes (see `xdist_group` in conftest.py).
+fault test of DDP on one machine (tests/test_fault.py kills a single process at random moments;
+tests/test_multinode.py kills one of two torchrun nodes).
 """
 
 import hashlib

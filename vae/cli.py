@@ -295,10 +295,21 @@ class VAECLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer's own checks of its options, as one line naming the option (`vae.cli_checks`)."""
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except TRAINER_OPTION_ERRORS as err:
             options = {**self._get(self.config_init, "trainer", default={}), **kwargs}
             raise trainer_option_error(err, options, self.trainer_defaults) from None
+        # under torchrun or srun, the launcher's process counts, which Lightning checks only once `fit` runs
+        environment = getattr(trainer.strategy, "cluster_environment", None)  # none for a single process
+        try:
+            if environment is not None:
+                environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+        except ValueError as err:
+            raise CommandLineError(
+                f"{' '.join(str(err).split())} Give --trainer.devices the launcher's processes per machine and "
+                "--trainer.num_nodes its machines (torchrun's --nproc-per-node and --nnodes), the same on every one."
+            ) from None
+        return trainer
 
 
 def _without_data_options(args: list[str]) -> list[str]:
