@@ -232,7 +232,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         except pickle.UnpicklingError as err:
             if UNSAFE not in str(err):
                 raise
-            raise pickle.UnpicklingError(f"{path} {refusal(str(err))}") from None
+            raise pickle.UnpicklingError(why_not_loaded(path, err)) from None
 
 
 def find_last_checkpoint(logs_dir: Path) -> Path:
@@ -264,12 +264,8 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
         with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol: the error below says it all
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if UNSAFE in str(err):
-            raise CheckpointError(f"--ckpt_path {path} {refusal(str(err))}") from None
-        raise unreadable(path, err) from None
-    except Exception as err:  # a truncated zip, a file that is no pickle at all
-        raise unreadable(path, err) from None
+    except Exception as err:  # a truncated zip, no pickle at all, a pickle that would call functions
+        raise CheckpointError(f"--ckpt_path {why_not_loaded(path, err)}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict).")
     if "pytorch-lightning_version" not in checkpoint:  # e.g. a bare state dict saved with torch.save
@@ -277,28 +273,29 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def refusal(error: str) -> str:
-    """Why the safe loader refused a file, from its error: the function the file's pickle would call
-    (named as Python code names it: `os.system`, not `posix.system`), and what that means. Nothing of
-    torch's advice on loading the file anyway, which would run that function."""
-    called = re.search(r"GLOBAL ([\w.]+)", error)
-    if called is None:  # e.g. "Unsupported operand": pickle instructions beyond the safe loader's
-        detail = next((line for line in error.splitlines() if "Unsupported" in line), "").strip()
-        what = "needs pickle instructions that the safe loader does not run" + (f" ({detail})" if detail else "")
-    else:
-        module, _, name = called[1].rpartition(".")
-        what = f"would call {'os' if module in OS_MODULES else module}{'.' if module else ''}{name}"
+def why_not_loaded(path: Path, error: Exception) -> str:
+    """`path` and why `torch.load(path, weights_only=True)` raised `error`, in one line. A file whose
+    pickle would call a function is refused by name (`os.system`, as Python code names it, not
+    `posix.system`); of torch's words, only its reason is kept, never its advice to load the file
+    anyway, which would run that function."""
+    text = str(error)
+    if UNSAFE in text:
+        called = re.search(r"GLOBAL ([\w.]+)", text)
+        if called:
+            module, _, name = called[1].rpartition(".")
+            function = f"{'os' if module in OS_MODULES else module}{'.' if module else ''}{name}"
+            return (
+                f"{path} was refused: loading it would call {function}. A checkpoint holds only tensors and "
+                "plain values, so this file is not safe to load (it could run any code). Use a checkpoint written "
+                "by train.py."
+            )
+        lines = (line.replace(UNSAFE + ".", "").strip() for line in text.splitlines())
+        text = " ".join(line for line in lines if line and "weights_only" not in line)
+    reason = " ".join(text.split()[:30]) or "no details"
     return (
-        f"was refused: loading it {what}. A checkpoint holds only tensors and plain values, so this file is not "
-        "safe to load (it could run any code). Use a checkpoint written by train.py."
-    )
-
-
-def unreadable(path: Path, error: Exception) -> CheckpointError:
-    reason = " ".join(str(error).split()[:30]) or "no details"
-    return CheckpointError(
-        f"--ckpt_path {path} cannot be read as a checkpoint ({type(error).__name__}: {reason}): it is truncated, "
-        "damaged or not a checkpoint. Use another one, e.g. a best-*.ckpt from the same run."
+        f"{path} cannot be read as a checkpoint ({type(error).__name__}: {reason}): it is truncated, damaged, "
+        "not a checkpoint, or holds more than tensors and plain values. Use another one, e.g. a best-*.ckpt from "
+        "the same run."
     )
 
 
