@@ -19,6 +19,10 @@ Lightning traps this file designs around:
   and its options (all but `SERVING_OPTIONS`) become the defaults, so that an option given (on the
   command line or in a config file) wins, even at its usual default value, and one not given is
   the checkpoint's. Data of another image shape than the checkpoint's is refused in one line.
+- `--trainer.limit_train_batches 1` (and the other `limit_*_batches`) would be read as 1.0, every
+  batch. Here an integer is a number of batches, as Lightning documents (`BATCH_LIMITS`).
+- `--data.root DIR --data ImageFolderDataModule` would give `root` to MNIST, the class chosen so
+  far, which refuses it. Here the class named on the line is chosen first (`data_class_first`).
 
 Checks of the command line (`vae.cli_checks`) run before anything is built, so a mistake stops
 with one line and no run directory.
