@@ -42,14 +42,17 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from vae.atomic import atomic_write
 from vae.callbacks import NonFiniteLossError
-from vae.cli import LOGS_DIR, VAECLI
-from vae.cli_checks import CommandLineError
+from vae.cli import LOGS_DIR, VAECLI, data_class_first
+from vae.cli_checks import CommandLineError, read_yaml
 
 SWEEPS_DIR = Path("sweeps")
 DISTRIBUTIONS = {"float": FloatDistribution, "int": IntDistribution, "categorical": CategoricalDistribution}
 DEFAULTS = {"objective": "val/loss", "direction": "minimize", "heartbeat": 30, "max_retry": 2}
 SWEEP_KEYS = ("space", "fixed", "study_name", "n_trials", "objective", "direction", "storage", "heartbeat", "max_retry",
               "sampler", "pruner")  # fmt: skip
+# What each key of a sweep file holds (a bool is no number of trials).
+SWEEP_TYPES = {"space": dict, "fixed": dict, "study_name": str, "n_trials": int, "objective": str, "direction": str,
+               "storage": str, "heartbeat": int, "max_retry": int, "sampler": dict, "pruner": dict}  # fmt: skip
 # Where a trial's run goes: set by the sweep, put back to train.py's defaults in best.yaml.
 RUN_FOLDER_OPTIONS = {"save_dir": ".", "name": LOGS_DIR, "version": None}
 # Notices a user cannot act on: Optuna's heartbeats and retries are "experimental" since v2.8, and
@@ -95,7 +98,9 @@ def load_space(path: Path, space: dict[str, Any]) -> dict[str, BaseDistribution]
     (an empty range, a log scale reaching 0, no choices) become one line naming the option."""
     distributions = {}
     for name, spec in space.items():
-        spec = dict(spec or {})
+        if not isinstance(spec, dict):
+            raise CommandLineError(f"{path}: {name} needs {{type: float, int or categorical, ...}}, got {spec!r}.")
+        spec = dict(spec)
         kind = spec.pop("type", None)
         if kind not in DISTRIBUTIONS:
             raise CommandLineError(f"{path}: {name} needs a type: float, int or categorical, got {kind!r}.")
@@ -368,16 +373,26 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any], list[str
     args, train_args = parser.parse_known_args(argv)
     if not args.sweep.is_file():
         parser.exit(2, f"error: no sweep file {args.sweep}; configs/sweeps/ holds examples.\n")
-    sweep = yaml.safe_load(args.sweep.read_text()) or {}
+    sweep = read_yaml(args.sweep, str(args.sweep)) or {}
+    if not isinstance(sweep, dict):
+        raise CommandLineError(f"{args.sweep}: a sweep file is a YAML mapping ({', '.join(SWEEP_KEYS)}).")
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         parser.exit(
             2, f"error: {args.sweep}: unknown key(s) {', '.join(unknown)}; a sweep file has {', '.join(SWEEP_KEYS)}.\n"
         )
+    for key, kind in SWEEP_TYPES.items():
+        if key in sweep and (not isinstance(sweep[key], kind) or isinstance(sweep[key], bool)):
+            shape = {dict: "a mapping", str: "a string", int: "an integer"}[kind]
+            parser.exit(2, f"error: {args.sweep}: {key} must be {shape}, got {sweep[key]!r}.\n")
     settings = DEFAULTS | {"study_name": args.sweep.stem} | sweep
     settings |= {key: value for key, value in vars(args).items() if value is not None and key != "sweep"}
+    if settings["direction"] not in ("minimize", "maximize"):
+        parser.exit(2, f"error: direction {settings['direction']}: must be minimize or maximize.\n")
+    if settings["heartbeat"] < 1 or settings["max_retry"] < 0:
+        parser.exit(2, "error: heartbeat must be at least 1 (seconds) and max_retry at least 0.\n")
     fixed = [f"--{name}={option_value(value)}" for name, value in (sweep.get("fixed") or {}).items()]
-    return args, settings, [*fixed, *train_args]
+    return args, settings, data_class_first([*fixed, *train_args])
 
 
 def main(argv: list[str] | None = None) -> optuna.Study:

@@ -3,12 +3,17 @@
 import errno
 import os
 import pickle
+import shlex
 import stat
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 
+import export
+import report
+import sample
 from tests.conftest import run_cli
 from vae.callbacks import NonFiniteLossError
 from vae.checkpoints import CheckpointError, CheckpointWriteError, SafeCheckpointIO
@@ -26,6 +31,50 @@ class CreatesAFileWhenUnpickled:
         return (Path.touch, (self.marker,))
 
 
+class RunsAShellCommandWhenUnpickled:
+    """Unpickling it calls os.system("touch marker"): any command could stand there."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+# Every command that loads a checkpoint, given one: `python train.py SUBCOMMAND`, sample.py, export.py, report.py.
+COMMANDS = {
+    **{
+        f"train.py {sub}": lambda ckpt, data_dir, sub=sub: run_cli(sub, "--ckpt_path", ckpt, data_dir=data_dir)
+        for sub in ("fit", "validate", "test", "predict")
+    },
+    "sample.py": lambda ckpt, data_dir: sample.main(["--ckpt_path", ckpt]),
+    "export.py": lambda ckpt, data_dir: export.main(["--ckpt_path", ckpt]),
+    "report.py": lambda ckpt, data_dir: report.main(["--ckpt_path", ckpt]),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("payload, called", [("shell", "os.system"), ("numpy", "numpy.sum")])
+def test_a_checkpoint_that_would_call_a_function_is_refused_in_one_line_by_every_command(
+    tmp_path, monkeypatch, data_dir, command, payload, called
+):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    content = RunsAShellCommandWhenUnpickled(marker) if payload == "shell" else numpy.sum
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.6", "payload": content}, evil)
+    before = sorted(tmp_path.iterdir())
+
+    with pytest.raises(SystemExit) as exit_:
+        COMMANDS[command](str(evil), data_dir)
+    message = str(exit_.value.code)
+    assert message.startswith(f"error: --ckpt_path {evil} was refused: loading it would call {called}. ")
+    assert "not safe to load" in message and "\n" not in message
+    assert "weights_only" not in message  # nothing that invites turning the protection off
+    assert not marker.exists()  # no code ran
+    assert sorted(tmp_path.iterdir()) == before  # no run, samples, export or report folder
+
+
 @pytest.mark.parametrize("subcommand", ["fit", "test"])
 def test_a_crafted_checkpoint_is_refused_and_never_executed(tmp_path, monkeypatch, data_dir, subcommand):
     monkeypatch.chdir(tmp_path)
@@ -33,13 +82,17 @@ def test_a_crafted_checkpoint_is_refused_and_never_executed(tmp_path, monkeypatc
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": CreatesAFileWhenUnpickled(marker)}, evil)
 
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="was refused: loading it would call getattr"):
         run_cli(subcommand, "--ckpt_path", str(evil), data_dir=data_dir)
     assert not marker.exists()
     assert not (tmp_path / "lightning_logs").exists()
 
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    # the Trainer's own loading (the Python API, past the command line's check) says the same
+    torch.save({"state_dict": {}, "payload": RunsAShellCommandWhenUnpickled(marker)}, evil)
+    with pytest.raises(pickle.UnpicklingError) as refused:
         SafeCheckpointIO().load_checkpoint(evil)
+    assert str(refused.value).startswith(f"{evil} was refused: loading it would call os.system. ")
+    assert "weights_only" not in str(refused.value)
     assert not marker.exists()
 
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Normal, kl_divergence
@@ -18,7 +19,7 @@ from tests.conftest import REPO, TEST_SIZE, expected_test_metrics, fit_in_a_new_
 from vae import mnist_files
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
-from vae.cli import VAECLI
+from vae.cli import VAECLI, data_class_first
 from vae.cli_checks import CommandLineError
 from vae.data import MNISTDataModule
 from vae.model import VAE
@@ -181,17 +182,29 @@ def test_resume_last_with_no_runs_fails_loudly_and_creates_nothing(in_tmp, data_
     assert not (in_tmp / "lightning_logs").exists()
 
 
-@pytest.mark.parametrize("content", [None, b"not a checkpoint", "truncated"])
-def test_bad_ckpt_path_is_reported_before_a_run_directory_exists(in_tmp, data_dir, trained_run, content):
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        (None, "does not exist"),
+        (b"not a checkpoint", "cannot be read as a checkpoint"),
+        ("truncated", "cannot be read as a checkpoint"),
+        (b"", "is an empty file"),
+        ("folder", "is a folder; pass a .ckpt file in it"),
+    ],
+)
+def test_bad_ckpt_path_is_reported_before_a_run_directory_exists(in_tmp, data_dir, trained_run, content, said):
     path = in_tmp / "model.ckpt"
     if content == "truncated":
         good = (trained_run / "lightning_logs/version_0/checkpoints/last.ckpt").read_bytes()
         path.write_bytes(good[: len(good) // 2])
+    elif content == "folder":
+        path.mkdir()
     elif content is not None:
         path.write_bytes(content)
     before = sorted((in_tmp / "lightning_logs").glob("*")) if (in_tmp / "lightning_logs").exists() else []
-    with pytest.raises(CheckpointError, match="--ckpt_path"):
+    with pytest.raises(CheckpointError) as exit_:
         run_cli("fit", "--ckpt_path", str(path), data_dir=data_dir)
+    assert one_line_error(exit_).startswith(f"error: --ckpt_path {path} {said}")
     after = sorted((in_tmp / "lightning_logs").glob("*")) if (in_tmp / "lightning_logs").exists() else []
     assert after == before
 
@@ -324,3 +337,98 @@ def test_missing_data_that_cannot_be_fetched_stops_before_a_run_exists(in_tmp, t
         run_cli("fit", data_dir=tmp_path / "empty")
     assert "train-images-idx3-ubyte" in one_line_error(exit_) and "by hand" in one_line_error(exit_)
     assert not list((in_tmp / "lightning_logs").glob("version_*"))
+
+
+# The Trainer options that count batches: an int is a number of batches, a float a fraction of them.
+BATCH_COUNTS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+@pytest.mark.parametrize("where", ["command line", "config file"])
+@pytest.mark.parametrize("given, expected", [("1", 1), ("1.0", 1.0), ("0.5", 0.5), ("3", 3)])
+def test_a_batch_count_written_as_an_integer_reaches_the_trainer_as_one(in_tmp, where, given, expected):
+    """`--trainer.limit_train_batches 1` is one batch, `1.0` all of them (Lightning's meaning of int and float)."""
+    options = (*BATCH_COUNTS, "val_check_interval")
+    if where == "command line":
+        args = [arg for name in options for arg in (f"--trainer.{name}", given)]
+    else:
+        (in_tmp / "limits.yaml").write_text("trainer:\n" + "".join(f"  {name}: {given}\n" for name in options))
+        args = ["--config", "limits.yaml"]
+    cli = VAECLI(args=["--trainer.logger", "false", *args], run=False)
+    for name in options:
+        value = getattr(cli.trainer, name)
+        assert (value, type(value)) == (expected, type(expected)), name
+
+
+@pytest.mark.parametrize("given, steps", [("1", 1), ("1.0", (640 - 64) // 32)])
+def test_limit_train_batches_1_trains_one_batch_and_1_0_the_whole_epoch(in_tmp, data_dir, given, steps):
+    cli = run_cli("fit", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", given, data_dir=data_dir)
+    assert cli.trainer.global_step == steps
+
+
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        (None, "no such file."),
+        ("folder", "is a folder, not a YAML file."),
+        (
+            "trainer:\n  max_epochs: [1, 2\n",
+            "not valid YAML: line 3, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow "
+            "sequence at line 2, column 15).",
+        ),
+        ("", "holds no options; a config file is a YAML mapping"),
+        ("just words\n", "holds no options; a config file is a YAML mapping"),
+    ],
+    ids=["missing", "folder", "not YAML", "empty", "no mapping"],
+)
+@pytest.mark.parametrize("form", ["--config PATH", "--config=PATH"])
+def test_a_config_file_that_is_missing_or_not_yaml_is_named_in_one_line(in_tmp, data_dir, content, said, form):
+    path = in_tmp / "x.yaml"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    config = ["--config", str(path)] if form == "--config PATH" else [f"--config={path}"]
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("fit", *config, data_dir=data_dir)
+    assert one_line_error(exit_).startswith(f"error: --config {path}: {said}")
+    assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_an_inline_config_is_still_a_config(in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        VAECLI(args=["fit", "--config", "{trainer: {max_epochs: 3}}", "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["max_epochs"] == 3
+
+
+def test_data_options_given_before_their_class_apply_to_the_class(in_tmp, monkeypatch, capsys):
+    """`python train.py --data.root DIR --data ImageFolderDataModule`: the class named on the line, wherever it is."""
+    given = ["--data.root", "faces", "--data.image_size", "8", "--data", "ImageFolderDataModule", "--print_config"]
+    data = yaml.safe_load(run_train_py(monkeypatch, capsys, *given))["data"]
+    assert data["class_path"].endswith(".ImageFolderDataModule")
+    assert (data["init_args"]["root"], data["init_args"]["image_size"]) == ("faces", 8)
+    data = yaml.safe_load(run_train_py(monkeypatch, capsys, "--data.image_size=8", "--data=ImageFolderDataModule",
+                                       "--data.root=x", "--print_config"))["data"]  # fmt: skip
+    assert data["class_path"].endswith(".ImageFolderDataModule") and data["init_args"]["image_size"] == 8
+
+
+def test_options_of_no_chosen_class_are_one_line_naming_the_class(in_tmp, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py", "--data.rooot", "faces"])
+    with pytest.raises(SystemExit) as exit_, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    message = one_line_error(exit_)
+    assert message.startswith(
+        "error: --data.rooot faces: the chosen --data class (MNISTDataModule) has no option rooot"
+    )
+    assert not [w for w in caught if "args parameter" in str(w.message)]  # nothing printed but the line
+    assert not list(in_tmp.iterdir())
+
+
+def test_a_data_class_is_not_moved_past_a_config_that_may_choose_another():
+    line = ["fit", "--data.root", "x", "--config", "c.yaml", "--data", "ImageFolderDataModule"]
+    assert data_class_first(line) == line
+    twice = ["--data", "A", "--data.root", "x", "--data", "B"]
+    assert data_class_first(twice) == twice
+    assert data_class_first(["fit", "--data.root", "x", "--data", "B", "--model.lr", "1"]) == [
+        "fit", "--data", "B", "--data.root", "x", "--model.lr", "1"
+    ]  # fmt: skip

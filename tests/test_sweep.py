@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("optuna", reason="sweep.py needs optuna (requirements.txt); the GPU machine has none")
@@ -160,3 +161,45 @@ def test_bad_input_is_one_line_and_runs_nothing(tmp_path, data_dir, monkeypatch,
         sweep.main([name, *args])
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("space: [1, 2\n", "bad.yaml: not valid YAML: line 2, column 1: expected ',' or ']', but got '<stream end>' "
+                            "(while parsing a flow sequence at line 1, column 8)."),
+        ("- space\n", "bad.yaml: a sweep file is a YAML mapping (space, fixed,"),
+        ("space: {model.lr: 3}\n", "bad.yaml: model.lr needs {type: float, int or categorical, ...}, got 3."),
+        ("space: {}\nfixed: [a, b]\n", "bad.yaml: fixed must be a mapping, got ['a', 'b']."),
+        ("space: {}\nn_trials: two\n", "bad.yaml: n_trials must be an integer, got 'two'."),
+        ("space: {}\nsampler: TPESampler\n", "bad.yaml: sampler must be a mapping, got 'TPESampler'."),
+        ("space: {}\ndirection: minimise\n", "direction minimise: must be minimize or maximize."),
+    ],
+    ids=["not YAML", "not a mapping", "a range that is a number", "fixed", "n_trials", "sampler", "direction"],
+)  # fmt: skip
+def test_a_sweep_file_that_is_not_yaml_or_not_a_sweep_is_one_line_naming_it(
+    tmp_path, monkeypatch, capsys, text, message
+):
+    (tmp_path / "bad.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        sweep.main(["bad.yaml"])
+    said = error.value.code if isinstance(error.value.code, str) else capsys.readouterr().err  # (argparse's exit)
+    assert said.startswith(f"error: {message}") and "\n" not in said.strip()
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_sweeps_integer_batch_limits_are_numbers_of_batches(tmp_path, data_dir, monkeypatch):
+    """`trainer.limit_train_batches: 1` in the sweep file and `--trainer.limit_val_batches 1` on its command
+    line reach each trial's Trainer as one batch, not as 1.0 (every batch)."""
+    fixed = TINY | {"trainer.max_epochs": 1, "trainer.limit_train_batches": 1}
+    space = {"model.latent_dim": {"type": "categorical", "choices": [2]}}
+    name = write_sweep(tmp_path, "one", sampler={"class": "GridSampler"}, fixed=fixed, space=space)
+    monkeypatch.chdir(tmp_path)
+    study = sweep.main([name, "--trainer.limit_val_batches", "1"])
+    run = tmp_path / study.trials[0].user_attrs["run"]
+    trainer = yaml.safe_load((run / "config.yaml").read_text())["trainer"]
+    assert (trainer["limit_train_batches"], trainer["limit_val_batches"]) == (1, 1)
+    assert type(trainer["limit_train_batches"]) is type(trainer["limit_val_batches"]) is int
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 1

@@ -6,9 +6,12 @@ Checkpoints are pickles, so they are only ever loaded with `weights_only=True`.
 """
 
 import os
+import pickle
+import re
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,10 @@ class CheckpointError(SystemExit):
         super().__init__(f"error: {message}")
 
 
+# How torch begins the error of a file that its safe (`weights_only`) loader refuses to load.
+UNSAFE = "Weights only load failed"
+# Modules that pickles name for Python's `os` functions (`os.system` is `posix.system` on Linux and macOS).
+OS_MODULES = ("posix", "nt")
 # ModelCheckpoint's state that holds file paths, each spelled with its `dirpath` as prefix.
 PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 # Signals that stop a fit with `last.ckpt` at the step reached: Ctrl-C, and what schedulers send before a kill.
@@ -218,8 +225,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
         """Every tensor is read onto the CPU, as Lightning's own default map_location does (Lightning calls
         this without one): a checkpoint written on a GPU then loads on a machine without one, and under
-        DDP each rank's weights reach its own device through `load_state_dict`, not all cuda:0."""
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        DDP each rank's weights reach its own device through `load_state_dict`, not all cuda:0. A file the
+        safe loader refuses is said as `check_checkpoint` says it, without torch's advice to load it anyway."""
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            if UNSAFE not in str(err):
+                raise
+            raise pickle.UnpicklingError(why_not_loaded(path, err)) from None
 
 
 def find_last_checkpoint(logs_dir: Path) -> Path:
@@ -234,25 +247,56 @@ def find_last_checkpoint(logs_dir: Path) -> Path:
 
 
 def check_checkpoint(path: Path) -> dict[str, Any]:
-    """Fail now, with a useful message, rather than after a run directory has been made; return its contents."""
+    """Fail now, with a useful message, rather than after a run directory has been made; return its contents.
+
+    Every command that loads a checkpoint (train.py's `--ckpt_path`, sample.py, export.py, report.py)
+    loads it here first, so a file the safe loader refuses is refused here, in these words.
+    """
+    if path.is_dir():
+        raise CheckpointError(f"--ckpt_path {path} is a folder; pass a .ckpt file in it, e.g. {path}/last.ckpt.")
     if not path.is_file():
         raise CheckpointError(
             f"--ckpt_path {path} does not exist. Pass an existing .ckpt file, or `last` to resume the newest run."
         )
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"--ckpt_path {path} is an empty file, not a checkpoint.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, not a pickle, or a pickle that needs arbitrary code
-        raise CheckpointError(
-            f"--ckpt_path {path} cannot be loaded as a checkpoint ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no details'}). It may be truncated or not a "
-            "checkpoint; checkpoints are loaded with weights_only=True, so files that need arbitrary code to "
-            "unpickle are refused. Use another checkpoint, e.g. a best-*.ckpt from the same run."
-        ) from None
+        with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated zip, no pickle at all, a pickle that would call functions
+        raise CheckpointError(f"--ckpt_path {why_not_loaded(path, err)}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict).")
     if "pytorch-lightning_version" not in checkpoint:  # e.g. a bare state dict saved with torch.save
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no Lightning version).")
     return checkpoint
+
+
+def why_not_loaded(path: Path, error: Exception) -> str:
+    """`path` and why `torch.load(path, weights_only=True)` raised `error`, in one line. A file whose
+    pickle would call a function is refused by name (`os.system`, as Python code names it, not
+    `posix.system`); of torch's words, only its reason is kept, never its advice to load the file
+    anyway, which would run that function."""
+    text = str(error)
+    if UNSAFE in text:
+        called = re.search(r"GLOBAL ([\w.]+)", text)
+        if called:
+            module, _, name = called[1].rpartition(".")
+            function = f"{'os' if module in OS_MODULES else module}{'.' if module else ''}{name}"
+            return (
+                f"{path} was refused: loading it would call {function}. A checkpoint holds only tensors and "
+                "plain values, so this file is not safe to load (it could run any code). Use a checkpoint written "
+                "by train.py."
+            )
+        lines = (line.replace(UNSAFE + ".", "").strip() for line in text.splitlines())
+        text = " ".join(line for line in lines if line and "weights_only" not in line)
+    reason = " ".join(text.split()[:30]) or "no details"
+    return (
+        f"{path} cannot be read as a checkpoint ({type(error).__name__}: {reason}): it is truncated, damaged, "
+        "not a checkpoint, or holds more than tensors and plain values. Use another one, e.g. a best-*.ckpt from "
+        "the same run."
+    )
 
 
 def training_position(checkpoint: dict[str, Any]) -> dict[str, int] | None:

@@ -19,6 +19,10 @@ Lightning traps this file designs around:
   and its options (all but `SERVING_OPTIONS`) become the defaults, so that an option given (on the
   command line or in a config file) wins, even at its usual default value, and one not given is
   the checkpoint's. Data of another image shape than the checkpoint's is refused in one line.
+- `--trainer.limit_train_batches 1` (and the other `limit_*_batches`) would be read as 1.0, every
+  batch. Here an integer is a number of batches, as Lightning documents (`BATCH_LIMITS`).
+- `--data.root DIR --data ImageFolderDataModule` would give `root` to MNIST, the class chosen so
+  far, which refuses it. Here the class named on the line is chosen first (`data_class_first`).
 
 Checks of the command line (`vae.cli_checks`) run before anything is built, so a mistake stops
 with one line and no run directory.
@@ -56,6 +60,7 @@ from vae.cli_checks import (
     TRAINER_OPTION_ERRORS,
     CommandLineError,
     OneLineErrorParser,
+    check_config_files,
     check_processes,
     check_writable,
     require_checkpoint,
@@ -82,6 +87,10 @@ WHAT_IS_DONE_WITH = {
     "test": "testing",
     "predict": "predicting with",
 }
+# Trainer options that are a number of batches when an int, a fraction of them when a float (Lightning's
+# documented meaning). Lightning annotates them `float | int`, so the parser, trying float first, reads
+# `1` as 1.0: every batch. Here it tries int first: `1` is one batch, `1.0` all of them.
+BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
 # Data options that say where the files are and how to serve them, not what the model was trained
 # and validated on: never taken from a checkpoint (every other option of its data source is).
 SERVING_OPTIONS = ImageDataModule.SERVING_OPTIONS
@@ -134,6 +143,8 @@ class VAECLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # `--data CLASS` chooses the source (a short name for the classes in vae.data), MNIST by default
         parser.set_defaults({"data": {"class_path": DEFAULT_SOURCE}})
+        for name in BATCH_LIMITS:  # (jsonargparse has no public way to change an added option's type)
+            parser._option_string_actions[f"--trainer.{name}"]._typehint = int | float | None
         # the model is built for the data's images, and keeps their shape in its hyperparameters
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         # configurable as --checkpoint.*, e.g. --checkpoint.save_last_every_n_steps 500
@@ -150,6 +161,9 @@ class VAECLI(LightningCLI):
         as no rank can write a checkpoint before every rank has joined the process group, i.e.
         finished parsing; across machines only a consistently shared log folder guarantees that.
         """
+        given = sys.argv[1:] if args is None else args
+        if isinstance(given, list):
+            check_config_files(given)
         self._parse_finding_the_checkpoints_source(parser, args)
         self._evaluation_settings, self._resumed, self._trained_shape = {}, None, None
         if not self.config.get("subcommand"):
@@ -194,7 +208,9 @@ class VAECLI(LightningCLI):
             if without_data == given:
                 raise
             try:
-                super().parse_arguments(parser, without_data)
+                with warnings.catch_warnings():  # that `args` replace sys.argv: here they are sys.argv's own, reduced
+                    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                    super().parse_arguments(parser, without_data)
             except CommandLineError:
                 raise err from None
             if self.config[self.config.subcommand].get("ckpt_path") is None:
@@ -325,6 +341,22 @@ def _without_data_options(args: list[str]) -> list[str]:
     return kept
 
 
+def data_class_first(args: list[str]) -> list[str]:
+    """`--data.NAME VALUE ... --data CLASS` as `--data CLASS --data.NAME VALUE ...`: the parser gives each
+    `--data.NAME` to the class chosen so far (MNIST until `--data CLASS`), which would refuse the options
+    of the class the line goes on to choose. Left as given when the class is chosen more than once, or
+    after a `--config` that comes after the options (the file may choose a class of its own)."""
+    choices = [i for i, arg in enumerate(args) if arg == "--data" or arg.startswith("--data=")]
+    options = [i for i, arg in enumerate(args) if arg.startswith("--data.")]
+    if len(choices) != 1 or not options or options[0] > choices[0]:
+        return args
+    first, choice = options[0], choices[0]
+    if any(arg in ("-c", "--config") or arg.startswith("--config=") for arg in args[first:choice]):
+        return args
+    end = choice + (1 if "=" in args[choice] else 2)
+    return [*args[:first], *args[choice:end], *args[first:choice], *args[end:]]
+
+
 def main() -> None:
     """`python train.py ARGS`: a bare `python train.py [--options]` means `fit`.
 
@@ -334,6 +366,7 @@ def main() -> None:
     """
     if len(sys.argv) == 1 or sys.argv[1] not in (*SUBCOMMANDS, "-h", "--help"):
         sys.argv.insert(1, "fit")
+    sys.argv[1:] = data_class_first(sys.argv[1:])
     try:
         VAECLI()
     except SIGTERMException as stopped:

@@ -9,6 +9,8 @@ names the option and says what to do, never a traceback.
   GPU, `devices 0`, ...) are reported with the option that failed them.
 - A value the parser cannot read as its option's type (an unknown precision, a word for a
   number) is reported as the option and the value, not as the whole usage text.
+- A `--config` file that is missing, or not YAML, is named with what is wrong (and where): the
+  parser would say `--config ?`, or point at a line of "<unicode string>".
 """
 
 import inspect
@@ -18,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser
@@ -47,15 +50,67 @@ class OneLineErrorParser(LightningArgumentParser):
         key = re.match(r'Parser key "([^"]+)":', lines[0]) if lines else None
         if key:  # which option, and the value given (jsonargparse words it one way or another)
             value = next((line.partition(":")[2].strip() for line in lines if line.startswith("Given value:")), None)
-            value = value or (re.search(r"Got value: (.*)", message) or [None, "?"])[1]
-            nested = re.fullmatch(r"NestedArg\(key='([^']*)', val='(.*)'\)", value)
-            if nested:  # `--data.NAME VALUE` where the chosen --data class has no option NAME
-                lines = [f"--{key[1]}.{nested[1]} {nested[2]}: the chosen --{key[1]} class has no option {nested[1]}."]
+            value = value or (re.search(r"Got value: (.*)", message) or [None, None])[1]
+            nested = re.fullmatch(r"NestedArg\(key='([^']*)', val='(.*)'\)", value) if value else None
+            if value is None:  # e.g. an inline --config that is not YAML: the reason is all there is
+                reason = " ".join([lines[0][key.end() :], *lines[1:]]).replace('in "<unicode string>", ', "")
+                lines = [f"--{key[1]}: {reason.strip()}"]
+            elif nested:  # `--data.NAME VALUE` where the chosen --data class has no option NAME
+                chosen = re.search(r"class_path '(?:[\w.]*\.)?(\w+)'", message)
+                chosen = f"--{key[1]} class ({chosen[1]})" if chosen else f"--{key[1]} class"
+                lines = [f"--{key[1]}.{nested[1]} {nested[2]}: the chosen {chosen} has no option {nested[1]}."]
             else:
                 lines = [f"--{key[1]} {value}: not a value this option accepts."]
         what = " ".join(lines).rstrip(".") + "."
         prog = self.prog.replace(" [options]", "")
         raise CommandLineError(f"{what} `python {prog} --help` lists the options and their values.")
+
+
+def read_yaml(path: Path, name: str) -> Any:
+    """The YAML document in `path`; else one line, starting with `name`, that says what is wrong with
+    the file: missing, a folder, not text, or a syntax error at its line and column."""
+    if path.is_dir():
+        raise CommandLineError(f"{name}: is a folder, not a YAML file.")
+    if not path.is_file():
+        raise CommandLineError(f"{name}: no such file.")
+    try:
+        return yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise CommandLineError(f"{name}: not a text file, so not YAML.") from None
+    except OSError as err:
+        raise CommandLineError(f"{name}: cannot be read ({err.strerror or err}).") from None
+    except yaml.MarkedYAMLError as err:
+        where = f"line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}" if err.problem_mark else ""
+        context = ""
+        if err.context and err.context_mark:  # e.g. the bracket that was never closed
+            context = f" ({err.context} at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
+        raise CommandLineError(f"{name}: not valid YAML: {where}: {err.problem}{context}.") from None
+    except yaml.YAMLError as err:  # e.g. a control character: yaml says at which character
+        reason = " ".join(str(err).split()).replace('in "<unicode string>", ', "")
+        raise CommandLineError(f"{name}: not valid YAML: {reason}.") from None
+
+
+def check_config_files(args: list[str]) -> None:
+    """Every `--config FILE` (or `-c FILE`) exists and holds a YAML mapping of options. An inline
+    config (`--config '{trainer: {max_epochs: 5}}'`) is left to the parser."""
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--config") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.partition("=")[2]
+        else:
+            continue
+        try:
+            if isinstance(yaml.safe_load(value), dict):
+                continue
+        except yaml.YAMLError:
+            pass  # not inline YAML: a file name
+        config = read_yaml(Path(value), f"--config {value}")
+        if not isinstance(config, dict):
+            raise CommandLineError(
+                f"--config {value}: holds no options; a config file is a YAML mapping, e.g. `trainer: {{max_epochs: "
+                "5}`, as `python train.py --print_config` prints it."
+            )
 
 
 def require_checkpoint(subcommand: str, ckpt_path: str | None) -> None:
