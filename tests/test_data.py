@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import TEST_SIZE, TRAIN_SIZE
-from vae import mnist_files
-from vae.data import InMemoryImages, MNISTDataModule, resident_device
-from vae.mnist_files import MNISTFilesError, ensure_mnist, raw_dir, read_idx
+from vae.data import DataFilesError, InMemoryImages, MNISTDataModule, resident_device
+from vae.data import mnist as mnist_files
+from vae.data.idx import raw_dir, read_idx
+from vae.data.mnist import MNISTFilesError, ensure_mnist
 
 
 def writer_of(files, log, label):
@@ -125,7 +126,7 @@ def test_the_shipped_checksums_are_mnists_and_refuse_other_files(data_dir, files
 def test_read_idx_rejects_truncated_files(tmp_path, files):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(files["train-images-idx3-ubyte"][:-1])
-    with pytest.raises(MNISTFilesError, match="truncated"):
+    with pytest.raises(DataFilesError, match="truncated"):
         read_idx(path)
 
 

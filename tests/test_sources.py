@@ -17,18 +17,18 @@ from torchvision.io import read_image
 
 import sample
 from tests.conftest import TEST_SIZE, TRAIN_SIZE, fit_in_a_new_folder, run_cli
-from vae import image_folder
 from vae.checkpoints import CheckpointError
-from vae.cifar10_files import TEST_BATCH, TRAIN_BATCHES, read_cifar10
 from vae.data import (
     CIFAR10DataModule,
+    DataFilesError,
     FashionMNISTDataModule,
     ImageFolderDataModule,
     KMNISTDataModule,
     datamodule_of_run,
+    image_folder,
 )
-from vae.data_files import DataFilesError
-from vae.mnist_files import raw_dir
+from vae.data.cifar10 import TEST_BATCH, TRAIN_BATCHES, read_cifar10
+from vae.data.idx import raw_dir
 
 CIFAR_PER_BATCH = 24
 

@@ -30,6 +30,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import get_args
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
@@ -64,8 +65,7 @@ from vae.cli_checks import (
     trainer_option_error,
 )
 from vae.console import quiet_console
-from vae.data import DEFAULT_SOURCE
-from vae.data_files import DataFilesError
+from vae.data import DEFAULT_SOURCE, Binarize, DataFilesError, saved_class_path
 from vae.module import VAEModule
 from vae.predictions import PredictionsFile
 
@@ -136,6 +136,10 @@ class VAECLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # `--data CLASS` chooses the source (a short name for the classes in vae.data), MNIST by default
         parser.set_defaults({"data": {"class_path": DEFAULT_SOURCE}})
+        # `fit --help` shows no source's own options (`--data.help CLASS` does); the choices every source shares:
+        data = next(action for action in parser._actions if action.dest == "data")
+        binarize = ",".join(get_args(Binarize))
+        data.help += f" Every source takes --data.binarize {{{binarize}}}; --data.help CLASS lists a source's options."
         # the model is built for the data's images, and keeps their shape in its hyperparameters
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         # configurable as --checkpoint.*, e.g. --checkpoint.save_last_every_n_steps 500
@@ -219,7 +223,7 @@ class VAECLI(LightningCLI):
         defaults = {f"model.{name}": trained[name] for name in WEIGHT_SHAPE_OPTIONS if name in trained}
         if data:  # a checkpoint from before `--data CLASS` has no `_class_path`: it was MNIST
             options = {k: v for k, v in data.items() if not k.startswith("_") and k not in SERVING_OPTIONS}
-            defaults["data"] = {"class_path": data.get("_class_path", DEFAULT_SOURCE), "init_args": options}
+            defaults["data"] = {"class_path": saved_class_path(data), "init_args": options}
         if defaults:
             self._parser(self.config.subcommand).set_defaults(defaults)
             super().parse_arguments(parser, args)

@@ -49,8 +49,10 @@ class OneLineErrorParser(LightningArgumentParser):
             value = next((line.partition(":")[2].strip() for line in lines if line.startswith("Given value:")), None)
             value = value or (re.search(r"Got value: (.*)", message) or [None, "?"])[1]
             nested = re.fullmatch(r"NestedArg\(key='([^']*)', val='(.*)'\)", value)
-            if nested:  # `--data.NAME VALUE` where the chosen --data class has no option NAME
+            if nested and f"Option '{nested[1]}' is not accepted" in message:  # the chosen --data class has no NAME
                 lines = [f"--{key[1]}.{nested[1]} {nested[2]}: the chosen --{key[1]} class has no option {nested[1]}."]
+            elif nested:  # `--data.NAME VALUE` of a value NAME's type refuses, e.g. one not among its choices
+                lines = [f"--{key[1]}.{nested[1]} {nested[2]}: not a value this option accepts."]
             else:
                 lines = [f"--{key[1]} {value}: not a value this option accepts."]
         what = " ".join(lines).rstrip(".") + "."

@@ -22,7 +22,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
-from vae.data import run_seed
 from vae.elbo import (
     free_bits_kl,
     gaussian_kl,
@@ -33,6 +32,7 @@ from vae.elbo import (
 )
 from vae.latents import LatentUsage
 from vae.model import VAE
+from vae.seed import run_seed
 
 TERMS = ("loss", "recon", "kl")
 LR_SCHEDULES = ("constant", "cosine")
