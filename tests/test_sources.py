@@ -212,6 +212,25 @@ def test_a_cifar10_file_that_would_run_code_is_refused_unrun(tmp_path):
     assert not trap.exists()
 
 
+def global_call(module: str, name: str, *args: object) -> bytes:
+    """A protocol-2 pickle that calls `module.name(*args)` when loaded, however the function spells its own module."""
+    arguments = pickle.dumps(args, protocol=2)[2:-1]  # the tuple, less the PROTO header and the STOP
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + arguments + b"R."
+
+
+@pytest.mark.parametrize(
+    "module", ["numpy", "numpy.lib._npyio_impl"], ids=["numpy's public name", "a private module of numpy"]
+)
+def test_the_cifar10_reader_refuses_any_callable_of_numpy_but_the_array_rebuilders(tmp_path, module):
+    """numpy.save would write a file: numpy is where the allowed names live, yet only those few may be named."""
+    write_cifar(tmp_path)
+    trap = tmp_path / "the-pickle-ran.npy"
+    (tmp_path / "cifar-10-batches-py" / TEST_BATCH).write_bytes(global_call(module, "save", str(trap), [1]))
+    with pytest.raises(DataFilesError, match=f"refers to {module}.save"):
+        read_cifar10(tmp_path)
+    assert not trap.exists()
+
+
 def test_cifar10_without_files_says_where_to_put_them(tmp_path):
     with pytest.raises(DataFilesError, match="cifar-10-batches-py.*cifar-10-python.tar.gz"):
         CIFAR10DataModule(data_dir=str(tmp_path)).prepare_data()
@@ -290,6 +309,32 @@ def test_the_second_start_reads_the_cache_and_a_changed_file_is_decoded_again(fo
 
 
 @pytest.mark.parametrize(
+    "change",
+    [
+        lambda path, stat: os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9)),
+        lambda path, stat: (
+            path.write_bytes(path.read_bytes() + b"\0"),
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns)),
+        ),
+    ],
+    ids=["mtime alone", "size alone"],
+)
+def test_the_cache_is_decoded_again_when_one_files_mtime_or_size_alone_changes(folder, tmp_path, monkeypatch, change):
+    folder_module(folder, tmp_path).setup("fit")
+    (cache,) = (tmp_path / "cache" / image_folder.CACHE_FOLDER).iterdir()
+    path = folder / "train" / "cat" / "000.png"
+    before = path.stat()
+    change(path, before)
+    after = path.stat()
+    assert (after.st_size != before.st_size) != (after.st_mtime_ns != before.st_mtime_ns)  # exactly one changed
+    decoded = []
+    decode_all = image_folder.decode_all
+    monkeypatch.setattr(image_folder, "decode_all", lambda *args: decoded.append(1) or decode_all(*args))
+    folder_module(folder, tmp_path).setup("fit")
+    assert decoded == [1] and not cache.exists()  # decoded once more, the stale cache replaced
+
+
+@pytest.mark.parametrize(
     ("make", "match"),
     [
         (lambda root: None, "is not a folder"),
@@ -324,7 +369,7 @@ def test_a_folder_too_big_for_memory_is_refused_with_its_size(folder, tmp_path, 
 
 @pytest.mark.parametrize(
     ("options", "match"),
-    [({"channels": 2}, "--data.channels"), ({"image_size": 0}, "--data.image_size"), ({"test_size": 0}, "test_size")],
+    [({"image_size": 0}, "--data.image_size"), ({"test_size": 0}, "test_size")],
 )
 def test_bad_folder_options_are_refused_by_name(folder, tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
