@@ -68,7 +68,7 @@ def files() -> dict[str, bytes]:
 def make_hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes], shipped_checksums: bool = False) -> None:
     """The synthetic files are the ones whose checksums count (unless `shipped_checksums`: then MNIST's);
     any attempt to fetch fails the test."""
-    from vae import mnist_files
+    from vae.data import mnist as mnist_files
 
     if not shipped_checksums:
         monkeypatch.setattr(mnist_files, "MD5", {n: hashlib.md5(b).hexdigest() for n, b in files.items()})
@@ -81,7 +81,7 @@ def make_hermetic(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes], ship
 
 def write_data_dir(root: Path, files: dict[str, bytes]) -> Path:
     """A data folder with the four synthetic files in torchvision's layout."""
-    from vae import mnist_files
+    from vae.data import mnist as mnist_files
 
     raw = mnist_files.raw_dir(root / "data")
     raw.mkdir(parents=True)
@@ -92,7 +92,7 @@ def write_data_dir(root: Path, files: dict[str, bytes]) -> Path:
 
 @pytest.fixture(autouse=True)
 def hermetic(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> None:
-    """Every test; one marked `shipped_checksums` checks files against the table `vae.mnist_files` ships."""
+    """Every test; one marked `shipped_checksums` checks files against the table `vae.data.mnist` ships."""
     shipped = request.node.get_closest_marker("shipped_checksums") is not None
     make_hermetic(monkeypatch, files, shipped_checksums=shipped)
 

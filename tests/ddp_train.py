@@ -28,9 +28,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import synthetic_files
-from vae import cli, mnist_files, module
+from vae import cli, module
 from vae.checkpoints import SafeCheckpointIO
 from vae.data import InMemoryImages
+from vae.data import mnist as mnist_files
 from vae.model import VAE
 
 _vae_forward = VAE.forward

@@ -18,7 +18,7 @@ from lightning.pytorch import Callback  # noqa: E402
 import sweep  # noqa: E402
 from tests.conftest import synthetic_files  # noqa: E402
 from tests.train_synthetic import no_network  # noqa: E402
-from vae import mnist_files  # noqa: E402
+from vae.data import mnist as mnist_files  # noqa: E402
 
 
 class Stall(Callback):

@@ -16,12 +16,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.distributions import Normal, kl_divergence
 
 from tests.conftest import REPO, TEST_SIZE, expected_test_metrics, fit_in_a_new_folder, run_cli
-from vae import mnist_files
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
 from vae.cli import VAECLI, data_class_first
 from vae.cli_checks import CommandLineError
 from vae.data import MNISTDataModule
+from vae.data import mnist as mnist_files
 from vae.model import VAE
 from vae.module import VAEModule
 

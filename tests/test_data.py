@@ -9,10 +9,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import TEST_SIZE, TRAIN_SIZE
-from vae import mnist_files
-from vae.data import InMemoryImages, MNISTDataModule, resident_device
-from vae.mnist_files import MNISTFilesError, ensure_mnist, raw_dir, read_idx
+from tests.conftest import TEST_SIZE, TRAIN_SIZE, run_cli
+from vae.cli import VAECLI
+from vae.cli_checks import CommandLineError
+from vae.data import DataFilesError, InMemoryImages, MNISTDataModule, resident_device
+from vae.data import mnist as mnist_files
+from vae.data.idx import raw_dir, read_idx
+from vae.data.mnist import MNISTFilesError, ensure_mnist
 
 
 def writer_of(files, log, label):
@@ -125,7 +128,7 @@ def test_the_shipped_checksums_are_mnists_and_refuse_other_files(data_dir, files
 def test_read_idx_rejects_truncated_files(tmp_path, files):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(files["train-images-idx3-ubyte"][:-1])
-    with pytest.raises(MNISTFilesError, match="truncated"):
+    with pytest.raises(DataFilesError, match="truncated"):
         read_idx(path)
 
 
@@ -255,9 +258,28 @@ def test_no_binarisation_keeps_grey_levels(data_dir):
         assert not is_binary(first_batch(dm, split))
 
 
-def test_an_unknown_binarisation_names_the_option_and_the_choices():
-    with pytest.raises(ValueError, match="--data.binarize.*none, dynamic, static.*'otsu'"):
-        MNISTDataModule(binarize="otsu")
+@pytest.mark.parametrize(
+    ("options", "given"),
+    [
+        (["--data.binarize", "otsu"], "--data.binarize otsu"),
+        (["--data", "ImageFolderDataModule", "--data.root", ".", "--data.channels", "2"], "--data.channels 2"),
+    ],
+)
+def test_a_data_option_with_fixed_choices_refuses_another_value_in_one_line(
+    tmp_path, monkeypatch, data_dir, options, given
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CommandLineError) as err:
+        run_cli("fit", *options, data_dir=data_dir)
+    assert f"error: {given}: not a value this option accepts." in err.value.code and "\n" not in err.value.code
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("help_", [["fit", "--help"], ["fit", "--data.help", "MNISTDataModule"]])
+def test_the_help_lists_the_binarisation_choices(help_, capsys):
+    with pytest.raises(SystemExit):
+        VAECLI(args=help_)
+    assert "--data.binarize {none,dynamic,static}" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize(

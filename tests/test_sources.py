@@ -3,6 +3,7 @@
 Every file here is written by the tests: tiny IDX sets, CIFAR-format batches and PNG/JPEG folders.
 """
 
+import gzip
 import math
 import os
 import pickle
@@ -16,21 +17,28 @@ from PIL import Image
 from torchvision.io import read_image
 
 import sample
-from tests.conftest import TEST_SIZE, TRAIN_SIZE, fit_in_a_new_folder, run_cli
-from vae import image_folder
+from tests.conftest import TEST_SIZE, TRAIN_SIZE, fit_in_a_new_folder, idx_bytes, run_cli
 from vae.checkpoints import CheckpointError
-from vae.cifar10_files import TEST_BATCH, TRAIN_BATCHES, read_cifar10
 from vae.data import (
     CIFAR10DataModule,
+    DataFilesError,
     FashionMNISTDataModule,
     ImageFolderDataModule,
     KMNISTDataModule,
     datamodule_of_run,
+    image_folder,
 )
-from vae.data_files import DataFilesError
-from vae.mnist_files import raw_dir
+from vae.data.cifar10 import TEST_BATCH, TRAIN_BATCHES, read_cifar10
+from vae.data.idx import has_idx_set, raw_dir
 
 CIFAR_PER_BATCH = 24
+
+
+def synthetic_set(files: dict[str, bytes], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The synthetic files' images (N, 1, 28, 28) and labels, straight from their bytes (headers of 16 and 8)."""
+    images = torch.frombuffer(bytearray(files[f"{prefix}-images-idx3-ubyte"]), dtype=torch.uint8, offset=16)
+    labels = torch.frombuffer(bytearray(files[f"{prefix}-labels-idx1-ubyte"]), dtype=torch.uint8, offset=8)
+    return images.view(-1, 1, 28, 28), labels
 
 
 def cifar_images(n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
@@ -84,7 +92,10 @@ def folder_module(root: Path, tmp_path: Path, **options) -> ImageFolderDataModul
 @pytest.mark.parametrize(
     ("source", "folder_name"), [(FashionMNISTDataModule, "FashionMNIST"), (KMNISTDataModule, "KMNIST")]
 )
-def test_idx_sets_read_their_own_folder_and_say_where_to_put_missing_files(tmp_path, files, source, folder_name):
+def test_idx_sets_read_their_own_folder_and_say_where_to_put_missing_files(
+    tmp_path, files, source, folder_name, monkeypatch
+):
+    monkeypatch.setattr(source, "installed", None)  # not the files a system package may have installed here
     dm = source(data_dir=str(tmp_path), val_size=40)
     with pytest.raises(DataFilesError) as err:
         dm.prepare_data()
@@ -98,6 +109,74 @@ def test_idx_sets_read_their_own_folder_and_say_where_to_put_missing_files(tmp_p
     dm.setup("fit")
     assert dm.image_shape == (1, 28, 28) and dm.train_set.images.shape == (TRAIN_SIZE - 40, 1, 28, 28)
     assert len(dm.test_set) == TEST_SIZE
+
+
+def gzipped(folder: Path, files: dict[str, bytes]) -> Path:
+    """The files as the Debian package installs them: `<name>.gz`, nothing else."""
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(content))
+    return folder
+
+
+def test_fashion_mnist_reads_the_installed_packages_gzipped_files_unless_data_dir_has_its_own(
+    tmp_path, files, monkeypatch
+):
+    installed = gzipped(tmp_path / "usr/share/datasets/fashion-mnist", files)
+    monkeypatch.setattr(FashionMNISTDataModule, "installed", installed)
+    dm = FashionMNISTDataModule(data_dir=str(tmp_path / "data"), val_size=40)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.files() == installed
+    test_images, test_labels = synthetic_set(files, "t10k")
+    assert torch.equal(dm.test_set.images, test_images) and torch.equal(dm.test_set.labels, test_labels)
+    assert len(dm.train_set) + len(dm.val_set) == TRAIN_SIZE
+    # a copy of its own in data_dir (torchvision's layout, uncompressed) wins: here, other test images
+    own = raw_dir(tmp_path / "data", "FashionMNIST")
+    own.mkdir(parents=True)
+    flipped = files | {"t10k-images-idx3-ubyte": idx_bytes(test_images.squeeze(1).flip(-1))}
+    for name, content in flipped.items():
+        (own / name).write_bytes(content)
+    mine = FashionMNISTDataModule(data_dir=str(tmp_path / "data"), val_size=40)
+    mine.setup("test")
+    assert mine.files() == own and torch.equal(mine.test_set.images, test_images.flip(-1))
+
+
+def test_without_fashion_mnist_files_the_error_gives_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(FashionMNISTDataModule, "installed", tmp_path / "not-installed")
+    with pytest.raises(DataFilesError) as err:
+        FashionMNISTDataModule(data_dir=str(tmp_path)).prepare_data()
+    message = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in message and str(tmp_path / "not-installed") in message
+    assert str(raw_dir(tmp_path, "FashionMNIST")) in message and "\n" not in message
+
+
+def test_a_corrupt_gzip_file_is_one_line_naming_it(tmp_path, files, monkeypatch):
+    installed = gzipped(tmp_path / "installed", files)
+    (installed / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b not gzip")
+    monkeypatch.setattr(FashionMNISTDataModule, "installed", installed)
+    with pytest.raises(DataFilesError, match="t10k-labels-idx1-ubyte.gz is not a readable gzip file"):
+        FashionMNISTDataModule(data_dir=str(tmp_path), val_size=40).setup("test")
+
+
+REAL_FASHION = FashionMNISTDataModule.installed
+
+
+@pytest.mark.skipif(
+    not has_idx_set(REAL_FASHION),
+    reason=f"the Fashion-MNIST files are not installed in {REAL_FASHION} (apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_trains_on_the_installed_official_files(tmp_path, monkeypatch):
+    """The real files: the official split (60,000 training images, 10,000 test images, 6,000 and 1,000 of
+    each of the ten classes), and a few training steps through the command line."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli("fit", "--data", "FashionMNISTDataModule", "--trainer.max_steps", "3", data_dir=tmp_path / "data")
+    dm = cli.datamodule
+    assert dm.files() == REAL_FASHION and cli.trainer.global_step == 3
+    train_labels = torch.cat([dm.train_set.labels, dm.val_set.labels])
+    assert torch.bincount(train_labels).tolist() == [6_000] * 10
+    assert torch.bincount(dm.test_set.labels).tolist() == [1_000] * 10
+    assert dm.test_set.images.shape == (10_000, 1, 28, 28) and len(dm.val_set) == 64
 
 
 # --- CIFAR-10 ----------------------------------------------------------------------------------------
@@ -129,6 +208,25 @@ def test_a_cifar10_file_that_would_run_code_is_refused_unrun(tmp_path):
     trap = tmp_path / "the-pickle-ran"
     (tmp_path / "cifar-10-batches-py" / TEST_BATCH).write_bytes(pickle.dumps({b"data": RunsCode(trap)}, protocol=2))
     with pytest.raises(DataFilesError, match="test_batch is not a CIFAR-10 python batch.*mkdir"):
+        read_cifar10(tmp_path)
+    assert not trap.exists()
+
+
+def global_call(module: str, name: str, *args: object) -> bytes:
+    """A protocol-2 pickle that calls `module.name(*args)` when loaded, however the function spells its own module."""
+    arguments = pickle.dumps(args, protocol=2)[2:-1]  # the tuple, less the PROTO header and the STOP
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + arguments + b"R."
+
+
+@pytest.mark.parametrize(
+    "module", ["numpy", "numpy.lib._npyio_impl"], ids=["numpy's public name", "a private module of numpy"]
+)
+def test_the_cifar10_reader_refuses_any_callable_of_numpy_but_the_array_rebuilders(tmp_path, module):
+    """numpy.save would write a file: numpy is where the allowed names live, yet only those few may be named."""
+    write_cifar(tmp_path)
+    trap = tmp_path / "the-pickle-ran.npy"
+    (tmp_path / "cifar-10-batches-py" / TEST_BATCH).write_bytes(global_call(module, "save", str(trap), [1]))
+    with pytest.raises(DataFilesError, match=f"refers to {module}.save"):
         read_cifar10(tmp_path)
     assert not trap.exists()
 
@@ -211,6 +309,32 @@ def test_the_second_start_reads_the_cache_and_a_changed_file_is_decoded_again(fo
 
 
 @pytest.mark.parametrize(
+    "change",
+    [
+        lambda path, stat: os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9)),
+        lambda path, stat: (
+            path.write_bytes(path.read_bytes() + b"\0"),
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns)),
+        ),
+    ],
+    ids=["mtime alone", "size alone"],
+)
+def test_the_cache_is_decoded_again_when_one_files_mtime_or_size_alone_changes(folder, tmp_path, monkeypatch, change):
+    folder_module(folder, tmp_path).setup("fit")
+    (cache,) = (tmp_path / "cache" / image_folder.CACHE_FOLDER).iterdir()
+    path = folder / "train" / "cat" / "000.png"
+    before = path.stat()
+    change(path, before)
+    after = path.stat()
+    assert (after.st_size != before.st_size) != (after.st_mtime_ns != before.st_mtime_ns)  # exactly one changed
+    decoded = []
+    decode_all = image_folder.decode_all
+    monkeypatch.setattr(image_folder, "decode_all", lambda *args: decoded.append(1) or decode_all(*args))
+    folder_module(folder, tmp_path).setup("fit")
+    assert decoded == [1] and not cache.exists()  # decoded once more, the stale cache replaced
+
+
+@pytest.mark.parametrize(
     ("make", "match"),
     [
         (lambda root: None, "is not a folder"),
@@ -245,7 +369,7 @@ def test_a_folder_too_big_for_memory_is_refused_with_its_size(folder, tmp_path, 
 
 @pytest.mark.parametrize(
     ("options", "match"),
-    [({"channels": 2}, "--data.channels"), ({"image_size": 0}, "--data.image_size"), ({"test_size": 0}, "test_size")],
+    [({"image_size": 0}, "--data.image_size"), ({"test_size": 0}, "test_size")],
 )
 def test_bad_folder_options_are_refused_by_name(folder, tmp_path, options, match):
     with pytest.raises(ValueError, match=match):

@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import synthetic_files  # noqa: E402
 from tests.ddp_train import sigkill_all_ranks_inside_the_write_at  # noqa: E402
-from vae import cli, mnist_files  # noqa: E402
+from vae import cli  # noqa: E402
 from vae.checkpoints import SafeCheckpointIO  # noqa: E402
+from vae.data import mnist as mnist_files  # noqa: E402
 from vae.module import VAEModule  # noqa: E402
 
 

@@ -300,7 +300,7 @@ def why_not_loaded(path: Path, error: Exception) -> str:
 
 
 def training_position(checkpoint: dict[str, Any]) -> dict[str, int] | None:
-    """Where in the training order a checkpoint stopped: its training loader's state (`vae.resumable`)."""
+    """Where in the training order a checkpoint stopped: its training loader's state (`vae.data.sampler`)."""
     fit_loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
     states = fit_loop.get("combined_loader") or [None]
     return states[0]

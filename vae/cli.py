@@ -34,6 +34,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import get_args
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
@@ -67,8 +68,7 @@ from vae.cli_checks import (
     trainer_option_error,
 )
 from vae.console import quiet_console
-from vae.data import DEFAULT_SOURCE, ImageDataModule
-from vae.data_files import DataFilesError
+from vae.data import DEFAULT_SOURCE, Binarize, DataFilesError, ImageDataModule, saved_class_path
 from vae.lightning_internals import EvaluateAtCheckpointStep
 from vae.module import VAEModule
 from vae.predictions import PredictionsFile
@@ -145,6 +145,10 @@ class VAECLI(LightningCLI):
         parser.set_defaults({"data": {"class_path": DEFAULT_SOURCE}})
         for name in BATCH_LIMITS:  # (jsonargparse has no public way to change an added option's type)
             parser._option_string_actions[f"--trainer.{name}"]._typehint = int | float | None
+        # `fit --help` shows no source's own options (`--data.help CLASS` does); the choices every source shares:
+        data = next(action for action in parser._actions if action.dest == "data")
+        binarize = ",".join(get_args(Binarize))
+        data.help += f" Every source takes --data.binarize {{{binarize}}}; --data.help CLASS lists a source's options."
         # the model is built for the data's images, and keeps their shape in its hyperparameters
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         # configurable as --checkpoint.*, e.g. --checkpoint.save_last_every_n_steps 500
@@ -234,7 +238,7 @@ class VAECLI(LightningCLI):
         defaults = {f"model.{name}": trained[name] for name in WEIGHT_SHAPE_OPTIONS if name in trained}
         if data:  # a checkpoint from before `--data CLASS` has no `_class_path`: it was MNIST
             options = {k: v for k, v in data.items() if not k.startswith("_") and k not in SERVING_OPTIONS}
-            defaults["data"] = {"class_path": data.get("_class_path", DEFAULT_SOURCE), "init_args": options}
+            defaults["data"] = {"class_path": saved_class_path(data), "init_args": options}
         if defaults:
             self._parser(self.config.subcommand).set_defaults(defaults)
             super().parse_arguments(parser, args)

@@ -55,10 +55,12 @@ class OneLineErrorParser(LightningArgumentParser):
             if value is None:  # e.g. an inline --config that is not YAML: the reason is all there is
                 reason = " ".join([lines[0][key.end() :], *lines[1:]]).replace('in "<unicode string>", ', "")
                 lines = [f"--{key[1]}: {reason.strip()}"]
-            elif nested:  # `--data.NAME VALUE` where the chosen --data class has no option NAME
+            elif nested and f"Option '{nested[1]}' is not accepted" in message:  # the chosen class has no NAME
                 chosen = re.search(r"class_path '(?:[\w.]*\.)?(\w+)'", message)
                 chosen = f"--{key[1]} class ({chosen[1]})" if chosen else f"--{key[1]} class"
                 lines = [f"--{key[1]}.{nested[1]} {nested[2]}: the chosen {chosen} has no option {nested[1]}."]
+            elif nested:  # `--data.NAME VALUE` of a value NAME's type refuses, e.g. one not among its choices
+                lines = [f"--{key[1]}.{nested[1]} {nested[2]}: not a value this option accepts."]
             else:
                 lines = [f"--{key[1]} {value}: not a value this option accepts."]
         what = " ".join(lines).rstrip(".") + "."

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from vae.data import run_seed
+from vae.seed import run_seed
 
 RankStates = dict[str, torch.Tensor]  # {"torch": CPU generator state, "cuda" or "mps": this rank's GPU's}
 

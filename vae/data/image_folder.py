@@ -1,4 +1,5 @@
-"""Reading a folder of images into uint8 tensors, once: decoded in parallel, cached on disk.
+"""A folder of your own images: its data module, and reading the folder into uint8 tensors once,
+decoded in parallel, cached on disk.
 
 The layout is torchvision's ImageFolder: each subfolder is a class (its sorted position is the
 label); images directly in the folder have no class (label -1). When the folder holds `train/`
@@ -21,12 +22,14 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from vae.atomic import atomic_write
-from vae.data_files import DataFilesError
+from vae.data.base import Binarize, ImageDataModule, Splits, seeded_split
+from vae.data.files import DataFilesError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
@@ -163,3 +166,68 @@ def _write_cache(cache: Path, images: torch.Tensor, prefix: str) -> None:
         stale.unlink(missing_ok=True)
     with atomic_write(cache) as f:
         torch.save(images, f)
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """A folder of your own images (ImageFolder layout: class subfolders give the labels; a flat
+    folder has none, label -1), read once and cached (above).
+
+    `root/train/`, `root/val/` and `root/test/` are the splits when `root/train/` exists (without
+    `val/`, `val_size` images are held out of `train/`; without `test/`, `test_size`); else
+    `test_size` and then `val_size` images are held out of the whole folder, by `split_seed`.
+
+    Args:
+        root: the folder of images.
+        image_size: every image is resized (shorter side) and centre-cropped to this size.
+        channels: 1 (grey) or 3 (RGB); every image is converted to it, whatever it was.
+        test_size: images held out for testing when there is no `test/` folder.
+        data_dir: where the decoded images are cached (`image_folder_cache/`).
+        The other options are `ImageDataModule`'s.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 32,
+        channels: Literal[1, 3] = 3,
+        val_size: int = 5_000,
+        test_size: int = 5_000,
+        split_seed: int = 0,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        binarize: Binarize = "none",
+        on_device: bool | Literal["auto"] = "auto",
+    ) -> None:
+        if image_size <= 0:
+            raise ValueError(f"--data.image_size must be a positive number of pixels, got {image_size}.")
+        if test_size <= 0:
+            raise ValueError(f"--data.test_size must be a positive number of images, got {test_size}.")
+        super().__init__(data_dir, batch_size, val_size, split_seed, binarize, on_device)
+        self.root, self.image_size, self.channels, self.test_size = Path(root), image_size, channels, test_size
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def prepare_data(self) -> None:
+        """Decode the folder into the cache, if it is not there: once per machine (local rank 0)."""
+        cache_folder(self.root, self.image_size, self.channels, self.data_dir / CACHE_FOLDER)
+
+    def read(self) -> Splits:
+        splits = read_folder(self.root, self.image_size, self.channels, self.data_dir / CACHE_FOLDER)
+        where = self.root if "" in splits else self.root / "train"
+        train = splits.get("", splits.get("train"))
+        test = splits.get("test")
+        if test is None:
+            test, train = self._hold_out(*train, self.test_size, where)
+        return Splits(*train, *test, where, *splits.get("val", (None, None)))
+
+    def _hold_out(self, images: torch.Tensor, labels: torch.Tensor, n: int, where: Path) -> tuple[tuple, tuple]:
+        """(n images chosen by `split_seed`, the rest), each as (images, labels)."""
+        if not n < len(labels):
+            raise DataFilesError(
+                f"--data.test_size {n} leaves no training images: the test images are taken from the {len(labels)} "
+                f"images in {where}. Use a smaller --data.test_size, or put test images in {self.root}/test/."
+            )
+        held, rest = seeded_split(len(labels), n, self.split_seed)
+        return (images[held], labels[held]), (images[rest], labels[rest])

@@ -1,4 +1,5 @@
-"""Reading CIFAR-10's python version (`cifar-10-batches-py/data_batch_1..5`, `test_batch`) safely.
+"""CIFAR-10 (Krizhevsky 2009): its data module, and reading its python version
+(`cifar-10-batches-py/data_batch_1..5`, `test_batch`) safely.
 
 Each batch is a pickled dict whose `data` is a numpy uint8 array (10,000 x 3,072: the red, green
 and blue planes of each 32 x 32 image in turn) and whose `labels` is a list of ints. A pickle can
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from vae.data_files import DataFilesError, require_files
+from vae.data.base import ImageDataModule, Splits
+from vae.data.files import DataFilesError, require_files
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -72,3 +74,22 @@ def read_cifar10(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, torc
     train = [read_batch(folder / name) for name in TRAIN_BATCHES]
     test_images, test_labels = read_batch(folder / TEST_BATCH)
     return torch.cat([i for i, _ in train]), torch.cat([lab for _, lab in train]), test_images, test_labels
+
+
+class CIFAR10DataModule(ImageDataModule):
+    """CIFAR-10: 50,000 training images (less `val_size` for validation) and 10,000 test images of
+    3 x 32 x 32, from the python version's batches in `<data_dir>/cifar-10-batches-py/`
+    (torchvision's layout). The files are not fetched: extract cifar-10-python.tar.gz into
+    data_dir by hand. The options are `ImageDataModule`'s."""
+
+    train_images = 50_000
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, 32, 32)
+
+    def prepare_data(self) -> None:
+        require_cifar10(self.data_dir)
+
+    def read(self) -> Splits:
+        return Splits(*read_cifar10(self.data_dir), where=cifar10_dir(self.data_dir))

@@ -1,11 +1,4 @@
-"""Image sets as LightningDataModules: the whole set in memory as uint8, batches as index slices.
-
-One class per source, chosen on the command line with LightningCLI's `--data CLASS`:
-`MNISTDataModule` (the default), `FashionMNISTDataModule` and `KMNISTDataModule` (the same IDX
-files), `CIFAR10DataModule` and `vae.image_folder.ImageFolderDataModule` (a folder of your own
-images). They share everything but reading (`ImageDataModule`); each says its `image_shape`,
-which the CLI passes to the model. Any other LightningDataModule with an `image_shape` and
-float (B, C, H, W) batches in [0, 1] plugs in the same way.
+"""What every in-memory image source shares: the whole set in memory as uint8, batches as index slices.
 
 A VAE on MNIST is small enough that per-image work (PIL, ToTensor, worker processes) costs more
 than the network. Here the 70,000 images are read once into a (N, 1, 28, 28) uint8 tensor; a batch
@@ -30,25 +23,20 @@ not depend on `split_seed` or `val_size`. Binary images are stored as 0/255 uint
 same path to the device as grey ones.
 """
 
-import os
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from vae.cifar10_files import cifar10_dir, read_cifar10, require_cifar10
-from vae.data_files import DataFilesError
-from vae.image_folder import CACHE_FOLDER, cache_folder, read_folder
-from vae.mnist_files import ensure_mnist, raw_dir, read_idx_set, require_idx_files
-from vae.resumable import ResumableDataLoader, ResumableSampler
+from vae.data.files import DataFilesError
+from vae.data.sampler import ResumableDataLoader, ResumableSampler
+from vae.seed import run_seed
 
-MNIST_TRAIN_IMAGES = 60_000
-DEFAULT_SOURCE = "vae.data.MNISTDataModule"  # what `--data` is when not given, and what older checkpoints used
-
-BINARIZE_MODES = ("none", "dynamic", "static")
+# What a pixel is (see above); LightningCLI lists the choices in --help and refuses any other.
+Binarize = Literal["none", "dynamic", "static"]
 BINARIZE_SEED = 0
 
 
@@ -113,13 +101,6 @@ def seeded_split(n: int, held: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return order[:held], order[held:]
 
 
-def run_seed() -> int:
-    """The run's seed, the same on every process: `seed_everything`'s (Lightning keeps it in PL_GLOBAL_SEED),
-    else the global generator's. Not simply the generator's under DDP, where each rank draws its noise
-    from a generator of its own (`vae.random_states`)."""
-    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
-
-
 def _already_a_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """`__getitems__` returns a finished batch; there is nothing left to collate."""
     return batch
@@ -158,12 +139,10 @@ class ImageDataModule(LightningDataModule):
         batch_size: int = 128,
         val_size: int = 5_000,
         split_seed: int = 0,
-        binarize: str = "none",
+        binarize: Binarize = "none",
         on_device: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
-        if binarize not in BINARIZE_MODES:
-            raise ValueError(f"--data.binarize must be one of {', '.join(BINARIZE_MODES)}; got {binarize!r}.")
         if batch_size <= 0:
             raise ValueError(f"--data.batch_size must be a positive number of images, got {batch_size}.")
         if self.train_images is not None and not 0 < val_size < self.train_images:
@@ -283,157 +262,3 @@ class ImageDataModule(LightningDataModule):
         x = images.float().div_(255)
         x = torch.bernoulli(x) if self.binarize == "dynamic" else x
         return x, labels
-
-
-class IDXDataModule(ImageDataModule):
-    """A set in MNIST's IDX format: 60,000 training and 10,000 test images of 1 x 28 x 28, in
-    `<data_dir>/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte` (torchvision's layout)."""
-
-    folder = ""  # the set's folder name under data_dir, as torchvision names it
-    home = ""  # where a user gets the files
-    train_images = MNIST_TRAIN_IMAGES
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (1, 28, 28)
-
-    def prepare_data(self) -> None:
-        require_idx_files(raw_dir(self.data_dir, self.folder), self.home)
-
-    def read(self) -> Splits:
-        folder = raw_dir(self.data_dir, self.folder)
-        train, test = read_idx_set(folder, "train"), read_idx_set(folder, "t10k")
-        return Splits(*train, *test, where=folder)
-
-
-class MNISTDataModule(IDXDataModule):
-    """MNIST: train 55,000 / val 5,000 (a fixed random split of the official 60,000) / test 10,000.
-
-    The files are fetched when missing (`vae.mnist_files`); the options are `ImageDataModule`'s.
-    """
-
-    folder = "MNIST"
-
-    def prepare_data(self) -> None:
-        """Find or fetch the files, checked by MD5. Lightning runs this in one process per machine
-        (local rank 0) while the others wait; then every process reads the files in `setup`."""
-        ensure_mnist(self.data_dir)
-
-
-class FashionMNISTDataModule(IDXDataModule):
-    """Fashion-MNIST (Xiao et al. 2017): ten kinds of clothing, MNIST's sizes and format. The files
-    are not fetched: place them by hand in `<data_dir>/FashionMNIST/raw/`."""
-
-    folder = "FashionMNIST"
-    home = "https://github.com/zalandoresearch/fashion-mnist"
-
-
-class KMNISTDataModule(IDXDataModule):
-    """Kuzushiji-MNIST (Clanuwat et al. 2018): ten cursive Japanese characters, MNIST's sizes and
-    format. The files are not fetched: place them by hand in `<data_dir>/KMNIST/raw/`."""
-
-    folder = "KMNIST"
-    home = "https://github.com/rois-codh/kmnist"
-
-
-class CIFAR10DataModule(ImageDataModule):
-    """CIFAR-10 (Krizhevsky 2009): 50,000 training and 10,000 test images of 3 x 32 x 32, from the
-    python version's batches in `<data_dir>/cifar-10-batches-py/` (torchvision's layout). The files
-    are not fetched: extract cifar-10-python.tar.gz into data_dir by hand (`vae.cifar10_files`)."""
-
-    train_images = 50_000
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, 32, 32)
-
-    def prepare_data(self) -> None:
-        require_cifar10(self.data_dir)
-
-    def read(self) -> Splits:
-        return Splits(*read_cifar10(self.data_dir), where=cifar10_dir(self.data_dir))
-
-
-class ImageFolderDataModule(ImageDataModule):
-    """A folder of your own images (ImageFolder layout: class subfolders give the labels; a flat
-    folder has none, label -1), read once and cached by `vae.image_folder`.
-
-    `root/train/`, `root/val/` and `root/test/` are the splits when `root/train/` exists (without
-    `val/`, `val_size` images are held out of `train/`; without `test/`, `test_size`); else
-    `test_size` and then `val_size` images are held out of the whole folder, by `split_seed`.
-
-    Args:
-        root: the folder of images.
-        image_size: every image is resized (shorter side) and centre-cropped to this size.
-        channels: 1 (grey) or 3 (RGB); every image is converted to it, whatever it was.
-        test_size: images held out for testing when there is no `test/` folder.
-        data_dir: where the decoded images are cached (`image_folder_cache/`).
-        The other options are `ImageDataModule`'s.
-    """
-
-    def __init__(
-        self,
-        root: str,
-        image_size: int = 32,
-        channels: int = 3,
-        val_size: int = 5_000,
-        test_size: int = 5_000,
-        split_seed: int = 0,
-        data_dir: str = "data",
-        batch_size: int = 128,
-        binarize: str = "none",
-        on_device: bool | Literal["auto"] = "auto",
-    ) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"--data.channels must be 1 (grey) or 3 (RGB), got {channels}.")
-        if image_size <= 0:
-            raise ValueError(f"--data.image_size must be a positive number of pixels, got {image_size}.")
-        if test_size <= 0:
-            raise ValueError(f"--data.test_size must be a positive number of images, got {test_size}.")
-        super().__init__(data_dir, batch_size, val_size, split_seed, binarize, on_device)
-        self.root, self.image_size, self.channels, self.test_size = Path(root), image_size, channels, test_size
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.image_size, self.image_size)
-
-    def prepare_data(self) -> None:
-        """Decode the folder into the cache, if it is not there: once per machine (local rank 0)."""
-        cache_folder(self.root, self.image_size, self.channels, self.data_dir / CACHE_FOLDER)
-
-    def read(self) -> Splits:
-        splits = read_folder(self.root, self.image_size, self.channels, self.data_dir / CACHE_FOLDER)
-        where = self.root if "" in splits else self.root / "train"
-        train = splits.get("", splits.get("train"))
-        test = splits.get("test")
-        if test is None:
-            test, train = self._hold_out(*train, self.test_size, where)
-        return Splits(*train, *test, where, *splits.get("val", (None, None)))
-
-    def _hold_out(self, images: torch.Tensor, labels: torch.Tensor, n: int, where: Path) -> tuple[tuple, tuple]:
-        """(n images chosen by `split_seed`, the rest), each as (images, labels)."""
-        if not n < len(labels):
-            raise DataFilesError(
-                f"--data.test_size {n} leaves no training images: the test images are taken from the {len(labels)} "
-                f"images in {where}. Use a smaller --data.test_size, or put test images in {self.root}/test/."
-            )
-        held, rest = seeded_split(len(labels), n, self.split_seed)
-        return (images[held], labels[held]), (images[rest], labels[rest])
-
-
-def datamodule_of_run(saved: dict[str, Any], **options: Any) -> LightningDataModule:
-    """The data module a checkpoint's run trained on, from its `datamodule_hyper_parameters` (the
-    source's class path, which LightningCLI saves as `_class_path`, and its options), with `options`
-    replacing some of them (say `data_dir`). A checkpoint from before `--data CLASS` was MNIST.
-
-    The class is looked up among the LightningDataModules already imported (those here, and your
-    own once you import it), never imported by a name a checkpoint gives: a file is not code."""
-    wanted = saved.get("_class_path", DEFAULT_SOURCE)
-    known, found = [LightningDataModule], {}
-    while known:
-        source = known.pop()
-        found[f"{source.__module__}.{source.__qualname__}"] = source
-        known += source.__subclasses__()
-    if wanted not in found:
-        raise DataFilesError(f"The checkpoint's data source {wanted} is not imported: import its module first.")
-    return found[wanted](**({k: v for k, v in saved.items() if not k.startswith("_")} | options))

