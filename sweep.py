@@ -42,7 +42,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from vae.atomic import atomic_write
 from vae.callbacks import NonFiniteLossError
 from vae.cli import LOGS_DIR, VAECLI, data_class_first
-from vae.cli_checks import CommandLineError, read_yaml
+from vae.cli_checks import CommandLineError, OneLineArgumentParser, read_yaml
 
 SWEEPS_DIR = Path("sweeps")
 DISTRIBUTIONS = {"float": FloatDistribution, "int": IntDistribution, "categorical": CategoricalDistribution}
@@ -318,7 +318,7 @@ for handler in logging.getLogger("optuna").handlers:  # Optuna's own console han
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any], list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="sweep.py",
         allow_abbrev=False,
         description="Sweep train.py's options with Optuna. Any other option is train.py's (a --config included).",
