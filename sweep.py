@@ -42,7 +42,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from vae.atomic import atomic_write
 from vae.callbacks import NonFiniteLossError
 from vae.cli import LOGS_DIR, VAECLI, data_class_first
-from vae.cli_checks import CommandLineError, OneLineArgumentParser, read_yaml
+from vae.cli_checks import CommandLineError, OneLineArgumentParser, check_trainer_options, read_yaml
 
 SWEEPS_DIR = Path("sweeps")
 DISTRIBUTIONS = {"float": FloatDistribution, "int": IntDistribution, "categorical": CategoricalDistribution}
@@ -123,6 +123,7 @@ def check_train_options(path: Path, fixed: list[str], space: dict[str, BaseDistr
     """Before anything runs: the fixed options parse as `train.py`'s, every swept name is one of its
     options, and each range's ends and each choice are values that option accepts."""
     probe = ParseOnly(fixed)
+    check_trainer_options(probe.config.trainer.as_dict(), probe.trainer_defaults)
     unknown = [name for name in space if name not in probe.config]
     if unknown:
         raise CommandLineError(

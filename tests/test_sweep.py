@@ -212,3 +212,13 @@ def test_a_mistyped_sweep_option_is_one_line_without_the_usage_text(tmp_path, mo
     message = str(error.value.code)
     assert message.startswith("error: argument --direction: invalid choice: 'sideways'") and "\n" not in message
     assert "usage" not in message and not list(tmp_path.iterdir())
+
+
+def test_a_trainer_option_lightning_refuses_stops_the_sweep_before_any_trial(tmp_path, data_dir, monkeypatch):
+    name = write_sweep(tmp_path, "bad", n_trials=2, fixed=TINY, space=SPACE)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        sweep.main([name, "--trainer.max_epochs", "-5"])
+    message = str(error.value.code)
+    assert message.startswith("error: --trainer.max_epochs -5: `max_epochs` must be") and "\n" not in message
+    assert not (tmp_path / "sweeps").exists()

@@ -194,6 +194,17 @@ def trainer_option_error(error: Exception, options: dict[str, Any], defaults: di
     )
 
 
+def check_trainer_options(options: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Lightning accepts a Trainer with `options` (less the objects the project builds): checked by building
+    one that writes nothing, for a command that runs Trainers later (sweep.py's trials)."""
+    given = {name: value for name, value in options.items() if name not in BUILT_OPTIONS}
+    if _refused(given):
+        try:
+            Trainer(**{"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, **given})
+        except TRAINER_OPTION_ERRORS as err:
+            raise trainer_option_error(err, given, defaults) from None
+
+
 def _refused(options: dict[str, Any]) -> bool:
     """Whether a Trainer built with only `options` (and nothing written to disk) is refused."""
     logging.disable(logging.INFO)  # the probe's "GPU available: ..." lines are not the user's run
