@@ -43,7 +43,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from vae.atomic import atomic_write
 from vae.callbacks import NonFiniteLossError
 from vae.cli import LOGS_DIR, VAECLI, data_class_first
-from vae.cli_checks import CommandLineError, read_yaml
+from vae.cli_checks import CommandLineError, OneLineArgumentParser, check_trainer_options, read_yaml
 
 SWEEPS_DIR = Path("sweeps")
 DISTRIBUTIONS = {"float": FloatDistribution, "int": IntDistribution, "categorical": CategoricalDistribution}
@@ -124,6 +124,7 @@ def check_train_options(path: Path, fixed: list[str], space: dict[str, BaseDistr
     """Before anything runs: the fixed options parse as `train.py`'s, every swept name is one of its
     options, and each range's ends and each choice are values that option accepts."""
     probe = ParseOnly(fixed)
+    check_trainer_options(probe.config.trainer.as_dict(), probe.trainer_defaults)
     unknown = [name for name in space if name not in probe.config]
     if unknown:
         raise CommandLineError(
@@ -358,7 +359,7 @@ for handler in logging.getLogger("optuna").handlers:  # Optuna's own console han
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any], list[str]]:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="sweep.py",
         allow_abbrev=False,
         description="Sweep train.py's options with Optuna. Any other option is train.py's (a --config included).",

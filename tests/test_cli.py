@@ -432,3 +432,11 @@ def test_a_data_class_is_not_moved_past_a_config_that_may_choose_another():
     assert data_class_first(["fit", "--data.root", "x", "--data", "B", "--model.lr", "1"]) == [
         "fit", "--data", "B", "--data.root", "x", "--model.lr", "1"
     ]  # fmt: skip
+
+
+def test_a_data_class_without_an_option_it_requires_is_one_line_naming_it(in_tmp, data_dir):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("fit", "--data", "ImageFolderDataModule", data_dir=data_dir)
+    expected = "error: the chosen --data class (ImageFolderDataModule) needs root: give --data.root VALUE."
+    assert one_line_error(exit_).startswith(expected)
+    assert not (in_tmp / "lightning_logs").exists()

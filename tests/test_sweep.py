@@ -203,3 +203,22 @@ def test_a_sweeps_integer_batch_limits_are_numbers_of_batches(tmp_path, data_dir
     assert type(trainer["limit_train_batches"]) is type(trainer["limit_val_batches"]) is int
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 1
+
+
+def test_a_mistyped_sweep_option_is_one_line_without_the_usage_text(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        sweep.main(["x.yaml", "--direction", "sideways"])
+    message = str(error.value.code)
+    assert message.startswith("error: argument --direction: invalid choice: 'sideways'") and "\n" not in message
+    assert "usage" not in message and not list(tmp_path.iterdir())
+
+
+def test_a_trainer_option_lightning_refuses_stops_the_sweep_before_any_trial(tmp_path, data_dir, monkeypatch):
+    name = write_sweep(tmp_path, "bad", n_trials=2, fixed=TINY, space=SPACE)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        sweep.main([name, "--trainer.max_epochs", "-5"])
+    message = str(error.value.code)
+    assert message.startswith("error: --trainer.max_epochs -5: `max_epochs` must be") and "\n" not in message
+    assert not (tmp_path / "sweeps").exists()

@@ -13,6 +13,7 @@ names the option and says what to do, never a traceback.
   parser would say `--config ?`, or point at a line of "<unicode string>".
 """
 
+import argparse
 import inspect
 import logging
 import os
@@ -52,12 +53,17 @@ class OneLineErrorParser(LightningArgumentParser):
             value = next((line.partition(":")[2].strip() for line in lines if line.startswith("Given value:")), None)
             value = value or (re.search(r"Got value: (.*)", message) or [None, None])[1]
             nested = re.fullmatch(r"NestedArg\(key='([^']*)', val='(.*)'\)", value) if value else None
-            if value is None:  # e.g. an inline --config that is not YAML: the reason is all there is
+            chosen = re.search(r"class_path '(?:[\w.]*\.)?(\w+)'", message)
+            chosen = f"--{key[1]} class ({chosen[1]})" if chosen else f"--{key[1]} class"
+            required = re.search(r"the following arguments are required: (.*)", message)
+            if required:  # `--data ImageFolderDataModule` without its --data.root
+                names = [name.strip() for name in required[1].split(",")]
+                given = " ".join(f"--{key[1]}.{name} VALUE" for name in names)
+                lines = [f"the chosen {chosen} needs {', '.join(names)}: give {given}."]
+            elif value is None:  # e.g. an inline --config that is not YAML: the reason is all there is
                 reason = " ".join([lines[0][key.end() :], *lines[1:]]).replace('in "<unicode string>", ', "")
                 lines = [f"--{key[1]}: {reason.strip()}"]
             elif nested and f"Option '{nested[1]}' is not accepted" in message:  # the chosen class has no NAME
-                chosen = re.search(r"class_path '(?:[\w.]*\.)?(\w+)'", message)
-                chosen = f"--{key[1]} class ({chosen[1]})" if chosen else f"--{key[1]} class"
                 lines = [f"--{key[1]}.{nested[1]} {nested[2]}: the chosen {chosen} has no option {nested[1]}."]
             elif nested:  # `--data.NAME VALUE` of a value NAME's type refuses, e.g. one not among its choices
                 lines = [f"--{key[1]}.{nested[1]} {nested[2]}: not a value this option accepts."]
@@ -66,6 +72,14 @@ class OneLineErrorParser(LightningArgumentParser):
         what = " ".join(lines).rstrip(".") + "."
         prog = self.prog.replace(" [options]", "")
         raise CommandLineError(f"{what} `python {prog} --help` lists the options and their values.")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse's errors (a missing or mistyped option) in one line, with where the options are listed,
+    not after the usage text: for the commands that are not LightningCLI's (sweep.py, sample.py, ...)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CommandLineError(f"{message.rstrip('.')}. `python {self.prog} --help` lists the options.")
 
 
 def read_yaml(path: Path, name: str) -> Any:
@@ -180,6 +194,17 @@ def trainer_option_error(error: Exception, options: dict[str, Any], defaults: di
         + (f" ({drop})" if drop else "")
         + "; `python train.py fit --help` lists the allowed values."
     )
+
+
+def check_trainer_options(options: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Lightning accepts a Trainer with `options` (less the objects the project builds): checked by building
+    one that writes nothing, for a command that runs Trainers later (sweep.py's trials)."""
+    given = {name: value for name, value in options.items() if name not in BUILT_OPTIONS}
+    if _refused(given):
+        try:
+            Trainer(**{"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, **given})
+        except TRAINER_OPTION_ERRORS as err:
+            raise trainer_option_error(err, given, defaults) from None
 
 
 def _refused(options: dict[str, Any]) -> bool:
