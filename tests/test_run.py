@@ -6,9 +6,9 @@ import pytest
 import torch
 from lightning.pytorch import LightningDataModule
 
-from vae import mnist_files
 from vae.checkpoints import CheckpointError
 from vae.data import MNISTDataModule
+from vae.data import mnist as mnist_files
 from vae.run import data_source, find_checkpoint, model_inputs, open_run, output_dir, run_dir
 
 
