@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vae.cli_checks import OneLineArgumentParser
 from vae.model import VAE
 from vae.run import find_checkpoint, load_model, output_dir
 
@@ -51,7 +52,7 @@ class Decoder(nn.Module):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="export.py", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py, or `last`")
     parser.add_argument("--out", help="output folder (default: the run's export/, else export/)")
     return parser.parse_args(argv)

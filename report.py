@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
+from vae.cli_checks import OneLineArgumentParser
 from vae.report.make import make_report
 from vae.run import data_source, find_checkpoint, open_run, output_dir, read_data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="report.py", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py, or `last`")
     parser.add_argument("--data_dir", help="where the run's data files are (default: the run's --data.data_dir)")
     parser.add_argument(

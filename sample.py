@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from vae.cli_checks import OneLineArgumentParser
 from vae.pictures import image_grid, interpolation_grid, latent_scatter, manifold_grid, reconstruction_grid
 from vae.run import find_checkpoint, model_inputs, open_run, output_dir
 
@@ -31,7 +32,7 @@ RENAMED = {"--n": "--n_samples"}  # old spellings, accepted with a notice until 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="sample.py", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py, or `last`")
     parser.add_argument("--n_samples", type=int, default=64, help="prior samples and reconstructed test images")
     parser.add_argument("--seed", type=int, default=0, help="chooses the samples and the test images")
