@@ -53,12 +53,13 @@ def test_every_old_class_path_builds_todays_source_from_its_own_module(old, new,
     assert type(datamodule_of_run({"_class_path": new, **options})) is type(source)  # today's spelling too
 
 
-def test_a_checkpoint_without_a_class_path_was_mnist():
+def test_a_checkpoint_without_a_class_path_was_mnist(tmp_path):
     assert saved_class_path({"data_dir": "data"}) == DEFAULT_SOURCE == "vae.data.mnist.MNISTDataModule"
     assert isinstance(datamodule_of_run({"data_dir": "data"}), MNISTDataModule)
     assert saved_class_path({"_class_path": "mypackage.Faces"}) == "mypackage.Faces"  # your own: unchanged
     assert isinstance(
-        datamodule_of_run({"_class_path": "vae.data.ImageFolderDataModule", "root": "x"}), ImageFolderDataModule
+        datamodule_of_run({"_class_path": "vae.data.ImageFolderDataModule", "root": str(tmp_path)}),
+        ImageFolderDataModule,
     )
 
 

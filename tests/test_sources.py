@@ -350,9 +350,8 @@ def test_the_cache_is_decoded_again_when_one_files_mtime_or_size_alone_changes(f
 )
 def test_bad_folders_stop_with_one_line_and_write_nothing(tmp_path, make, match):
     make(tmp_path / "images")
-    dm = folder_module(tmp_path / "images", tmp_path)
-    with pytest.raises(DataFilesError, match=match) as err:
-        dm.prepare_data()
+    with pytest.raises(DataFilesError, match=match) as err:  # a missing folder: refused as the module is made
+        folder_module(tmp_path / "images", tmp_path).prepare_data()
     assert "\n" not in str(err.value)
     assert not (tmp_path / "cache").exists()
 

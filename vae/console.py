@@ -2,6 +2,8 @@
 
 Each filter names one exact message, so every other warning and log line still shows:
 - Lightning's "Tip" advertising the litlogger package, printed at every run;
+- Lightning's "Seed set to N", printed before the options are checked, so that a bad option's
+  one-line error came second (the seed is in the run's `config.yaml` and its hyperparameters);
 - Lightning's note that it skips its default model summary, because the project gives its own
   (`vae.callbacks.SummaryWithoutFLOPs`);
 - torch's FutureWarning about `isinstance(treespec, LeafSpec)`, raised inside Lightning's own
@@ -22,6 +24,8 @@ LATENT_USAGE_SYNC_ADVICE = (
 )
 # the logger Lightning's `rank_zero_info` writes through (set when `lightning.pytorch` is imported)
 LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+SEED_SET = "Seed set to "
+SEED_LOGGER = "lightning.fabric.utilities.seed"  # where `seed_everything` says it
 
 
 def _worth_showing(record: logging.LogRecord) -> bool:
@@ -29,8 +33,13 @@ def _worth_showing(record: logging.LogRecord) -> bool:
     return LITLOGGER_TIP not in message and SUMMARY_REPLACED not in message
 
 
+def _not_the_seed(record: logging.LogRecord) -> bool:
+    return SEED_SET not in record.getMessage()
+
+
 def quiet_console() -> None:
     """Install the filters (idempotent: a second call adds nothing)."""
     warnings.filterwarnings("ignore", message=PYTREE_DEPRECATION, category=FutureWarning)
     warnings.filterwarnings("ignore", message=LATENT_USAGE_SYNC_ADVICE)
     logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(_worth_showing)
+    logging.getLogger(SEED_LOGGER).addFilter(_not_the_seed)

@@ -198,6 +198,8 @@ class ImageFolderDataModule(ImageDataModule):
         binarize: Binarize = "none",
         on_device: bool | Literal["auto"] = "auto",
     ) -> None:
+        if not Path(root).is_dir():  # now, before the Trainer is built and says anything
+            raise DataFilesError(f"--data.root {root} is not a folder: give the folder that holds your images.")
         if image_size <= 0:
             raise ValueError(f"--data.image_size must be a positive number of pixels, got {image_size}.")
         if test_size <= 0:
