@@ -69,7 +69,7 @@ from vae.cli_checks import (
 )
 from vae.console import quiet_console
 from vae.data import DEFAULT_SOURCE, Binarize, DataFilesError, ImageDataModule, saved_class_path
-from vae.lightning_internals import EvaluateAtCheckpointStep
+from vae.lightning_internals import EvaluateAtCheckpointStep, add_to_help, set_option_type
 from vae.module import VAEModule
 from vae.predictions import PredictionsFile
 from vae.run import LOGS_DIR, run_dir
@@ -143,12 +143,15 @@ class VAECLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # `--data CLASS` chooses the source (a short name for the classes in vae.data), MNIST by default
         parser.set_defaults({"data": {"class_path": DEFAULT_SOURCE}})
-        for name in BATCH_LIMITS:  # (jsonargparse has no public way to change an added option's type)
-            parser._option_string_actions[f"--trainer.{name}"]._typehint = int | float | None
+        for name in BATCH_LIMITS:
+            set_option_type(parser, f"--trainer.{name}", int | float | None)
         # `fit --help` shows no source's own options (`--data.help CLASS` does); the choices every source shares:
-        data = next(action for action in parser._actions if action.dest == "data")
         binarize = ",".join(get_args(Binarize))
-        data.help += f" Every source takes --data.binarize {{{binarize}}}; --data.help CLASS lists a source's options."
+        add_to_help(
+            parser,
+            "--data",
+            f"Every source takes --data.binarize {{{binarize}}}; --data.help CLASS lists a source's options.",
+        )
         # the model is built for the data's images, and keeps their shape in its hyperparameters
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         # configurable as --checkpoint.*, e.g. --checkpoint.save_last_every_n_steps 500

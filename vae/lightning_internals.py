@@ -7,12 +7,27 @@ cover it fail (tests/test_outputs.py, tests/test_cli.py).
 
 import csv
 
+from jsonargparse import ArgumentParser
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+
+def set_option_type(parser: ArgumentParser, option: str, typehint: object) -> None:
+    """Give an option LightningCLI added from a signature another type: jsonargparse has no public way to
+    change an added option's type, so this sets its action's private `_typehint` (found through argparse's
+    private `_option_string_actions`). Used for the Trainer's batch limits, whose `int | float` jsonargparse
+    reads float-first (`1` would be 100% of the batches, not one)."""
+    parser._option_string_actions[option]._typehint = typehint
+
+
+def add_to_help(parser: ArgumentParser, option: str, text: str) -> None:
+    """Append `text` to an option's `--help` line (argparse's private `_option_string_actions`)."""
+    action = parser._option_string_actions[option]
+    action.help = f"{action.help or ''} {text}".strip()
 
 
 def logging_step(trainer: Trainer) -> int:
