@@ -5,7 +5,7 @@ and everything the project counts in steps counts optimiser steps: the KL warm-u
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vae.checkpoints import SafeCheckpointIO
 from vae.module import VAEModule
 

@@ -14,7 +14,7 @@ import torch
 import export
 import report
 import sample
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vae.callbacks import NonFiniteLossError
 from vae.checkpoints import CheckpointError, CheckpointWriteError, SafeCheckpointIO
 from vae.cli import VAECLI

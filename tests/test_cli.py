@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions import Normal, kl_divergence
 
-from tests.conftest import REPO, TEST_SIZE, expected_test_metrics, fit_in_a_new_folder, run_cli
+from tests.helpers import REPO, TEST_SIZE, expected_test_metrics, fit_in_a_new_folder, run_cli
 from vae.callbacks import LatentProjector
 from vae.checkpoints import CheckpointError
 from vae.cli import VAECLI, data_class_first

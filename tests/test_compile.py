@@ -8,7 +8,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vae.module import VAEModule
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import TEST_SIZE, TRAIN_SIZE, run_cli
+from tests.helpers import TEST_SIZE, TRAIN_SIZE, run_cli
 from vae.cli import VAECLI
 from vae.cli_checks import CommandLineError
 from vae.data import DataFilesError, InMemoryImages, MNISTDataModule, resident_device

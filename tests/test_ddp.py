@@ -5,7 +5,7 @@ directory, a 2-process fit of 2 epochs that starts from an empty data folder: th
 another, the same fit SIGKILLed (every process at once, one of them half-way through writing a
 checkpoint) in the middle of its second epoch, a 2-process resume with `--ckpt_path last`, a
 2-process `test` and a 2-process `predict`. What each command left behind (its `lightning_logs/`
-and every rank's record, see tests/ddp_train.py) is copied aside; the tests read it. This is the
+and every rank's record, see tests/scripts/ddp_train.py) is copied aside; the tests read it. This is the
 fault test of DDP on one machine (tests/test_fault.py kills a single process at random moments;
 tests/test_multinode.py kills one of two torchrun nodes).
 """
@@ -23,8 +23,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TEST_SIZE, TRAIN_SIZE
-from tests.ddp_train import importance_samples_seeded_by_image, posterior_mean_in_eval
+from tests.helpers import TEST_SIZE, TRAIN_SIZE
+from tests.scripts.ddp_train import importance_samples_seeded_by_image, posterior_mean_in_eval
 from vae import module
 from vae.cli import VAECLI
 from vae.data import InMemoryImages
@@ -55,7 +55,7 @@ AT_ONCE = [["reference", "killed"], ["resume"], ["test", "predict"]]  # commands
 
 def start_ddp(cwd: Path, args: list[str], kill_at_step: int | None = None) -> subprocess.Popen:
     """`python train.py ARGS` with 2 ranks; Lightning's launcher starts rank 1 as a child of rank 0."""
-    command = [sys.executable, str(REPO / "tests" / "ddp_train.py"), *args, *DATA, *QUIET, *DDP]
+    command = [sys.executable, str(REPO / "tests" / "scripts" / "ddp_train.py"), *args, *DATA, *QUIET, *DDP]
     if args[0] == "fit":
         command += ["--trainer.log_every_n_steps", "1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -104,7 +104,7 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def records(folder: Path) -> list[dict]:
-    """What ranks 0 and 1 recorded (tests/ddp_train.py): files fetched, and their passes over DataLoaders."""
+    """What ranks 0 and 1 recorded (tests/scripts/ddp_train.py): files fetched, and their passes over DataLoaders."""
     return [json.loads((folder / f"ddp-record-rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
@@ -274,7 +274,7 @@ def test_metrics_over_two_ranks_equal_one_process_on_the_same_weights(ddp, tmp_p
     """The reduction across ranks is exact: each image counted once, sums and counts combined.
 
     Evaluation decodes the posterior mean here, and test/nll's importance samples are drawn per
-    image from a generator seeded by the image (in the DDP runs too, see tests/ddp_train.py): with
+    image from a generator seeded by the image (in the DDP runs too, see tests/scripts/ddp_train.py): with
     draws from one random stream, each image's values would depend on which noise it met, and that
     depends on how the images were dealt to ranks and batches, so 1 and 2 ranks would give two
     different Monte-Carlo estimates of the same expectation and could not agree to float precision.

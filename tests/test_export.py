@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import export
-from tests.conftest import fit_in_a_new_folder
+from tests.helpers import fit_in_a_new_folder
 from tests.test_checkpoints import CreatesAFileWhenUnpickled
 from vae.checkpoints import CheckpointError
 from vae.elbo import LIKELIHOODS

@@ -4,7 +4,7 @@ weights of a run that was never interrupted. Run alone with `python -m pytest -m
 under DDP, with every process SIGKILLed at once while one writes a checkpoint: tests/test_ddp.py.
 
 Kills are placed by training step, not by time, so they land where they are meant to whatever the
-speed of the machine: each process logs the steps it takes (tests/train_synthetic.py), and this
+speed of the machine: each process logs the steps it takes (tests/scripts/train_synthetic.py), and this
 test kills it once it has taken a chosen step, or the process kills itself half-way through
 writing a chosen step's checkpoint.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import SCRIPT, SCRIPT_ARGS, write_data_dir
+from tests.helpers import SCRIPT, SCRIPT_ARGS, write_data_dir
 
 # SCRIPT_ARGS: 576 training images in batches of 32, 5 epochs, last.ckpt every 4 steps
 STEPS_PER_EPOCH, SAVE_EVERY = 18, 4

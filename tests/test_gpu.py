@@ -21,7 +21,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.plugins.precision import Precision
 
 import sample
-from tests.conftest import fit_in_a_new_folder, run_cli
+from tests.helpers import fit_in_a_new_folder, run_cli
 from tests.test_data import is_binary
 from tests.test_resume_exact import final_state, train
 from tests.test_sources import FOLDER_RUN, write_folder

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch import Callback
 
 from tests import test_resume_exact
-from tests.conftest import SCRIPT, run_cli
+from tests.helpers import SCRIPT, run_cli
 from tests.test_resume_exact import final_state, train
 from vae.cli import main
 

@@ -3,7 +3,7 @@ from typing import get_args
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vae.cli import VAECLI
 from vae.elbo import LIKELIHOODS, LikelihoodName
 from vae.model import ARCHITECTURES, VAE, Architecture

@@ -9,7 +9,7 @@ reach (as on a shared file system), so `--ckpt_path last` finds the same checkpo
 scenario, run once for the module, in two rounds of commands that run at the same time: an
 uninterrupted two-node fit of 2 epochs, and the same fit with node 0 SIGKILLed half-way through
 writing the checkpoint of step 16 (mid epoch 1); then both nodes of the killed run restarted with
-`--ckpt_path last`, and a two-node `test` of the uninterrupted run. The script is tests/ddp_train.py,
+`--ckpt_path last`, and a two-node `test` of the uninterrupted run. The script is tests/scripts/ddp_train.py,
 whose records say which images each rank was served (each node writes its own).
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, write_data_dir
-from tests.ddp_train import importance_samples_seeded_by_image, posterior_mean_in_eval
+from tests.helpers import REPO, write_data_dir
 from tests.postgres_server import free_port
+from tests.scripts.ddp_train import importance_samples_seeded_by_image, posterior_mean_in_eval
 from tests.test_ddp import DATA, FIT, KILLED_AT, LAST_SAVED, QUIET, STEPS_PER_EPOCH, TRAIN
 from vae import module
 from vae.cli import VAECLI
@@ -45,13 +45,21 @@ ROUNDS = [
 
 
 def start_node(root: Path, name: str, shared: Path, port: int, rank: int, args: list[str], kill_at: int | None):
-    """One node: `torchrun ... tests/ddp_train.py ARGS` in `root/name/node<rank>`, in a session of its own."""
+    """One node: `torchrun ... tests/scripts/ddp_train.py ARGS` in `root/name/node<rank>`, in a session of its own."""
     cwd = root / name / f"node{rank}"
     cwd.mkdir(parents=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                 "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port)]  # fmt: skip
     shared_folders = ["--data.data_dir", str(shared / "data"), "--trainer.logger.init_args.save_dir", str(shared)]
-    command = [*torchrun, str(REPO / "tests" / "ddp_train.py"), *args, *DATA, *QUIET, *NODES, *shared_folders]
+    command = [
+        *torchrun,
+        str(REPO / "tests" / "scripts" / "ddp_train.py"),
+        *args,
+        *DATA,
+        *QUIET,
+        *NODES,
+        *shared_folders,
+    ]
     if args[0] == "fit":
         command += ["--trainer.log_every_n_steps", "1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}

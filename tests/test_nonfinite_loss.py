@@ -7,7 +7,7 @@ checkpoint is written and at the end of training.
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vae.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 from vae.module import VAEModule
 

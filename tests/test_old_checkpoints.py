@@ -12,7 +12,7 @@ import torch
 import export
 import report
 import sample
-from tests.conftest import REPO, TEST_SIZE, expected_test_metrics, run_cli
+from tests.helpers import REPO, TEST_SIZE, expected_test_metrics, run_cli
 from vae.data import (
     DEFAULT_SOURCE,
     OLD_CLASS_PATHS,

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torchvision.io import read_image
 
-from tests.conftest import TEST_SIZE, make_hermetic, run_cli, synthetic_mnist, write_data_dir
+from tests.helpers import TEST_SIZE, make_hermetic, run_cli, synthetic_mnist, write_data_dir
 from tests.test_checkpoints import CreatesAFileWhenUnpickled
 from vae.checkpoints import CheckpointError
 from vae.module import VAEModule
@@ -146,7 +146,7 @@ def test_predict_writes_the_test_posteriors_labels_and_scores_into_the_checkpoin
     tested = json.loads((trained.root / "test_metrics.json").read_text())["metrics"]
     assert predictions["loss"].mean().item() == pytest.approx(tested["test/loss"], rel=1e-6)
     assert predictions["nll"].mean().item() == pytest.approx(tested["test/nll"], rel=1e-6)
-    images, labels = synthetic_mnist(TEST_SIZE, seed=2)  # conftest's test files
+    images, labels = synthetic_mnist(TEST_SIZE, seed=2)  # the synthetic test files (tests/helpers.py)
     assert torch.equal(predictions["label"], labels.long()) and torch.equal(
         predictions["index"], torch.arange(TEST_SIZE)
     )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vae.module import VAEModule
 from vae.precision import PrecisionPolicy, float32_default_dtype
 

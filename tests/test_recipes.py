@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.distributions import Normal, kl_divergence
 
 from bench.recipe_table import table
-from tests.conftest import expected_test_metrics, run_cli, synthetic_mnist
+from tests.helpers import expected_test_metrics, run_cli, synthetic_mnist
 from vae.elbo import negative_elbo
 from vae.model import VAE, ResidualBlock
 from vae.module import TERMS, VAEModule

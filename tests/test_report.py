@@ -17,7 +17,7 @@ from lightning.pytorch import LightningDataModule
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import report as report_py
-from tests.conftest import TEST_SIZE, make_hermetic, synthetic_mnist
+from tests.helpers import TEST_SIZE, make_hermetic, synthetic_mnist
 from vae.model import VAE
 from vae.report.features import Classifier, cached_classifier
 from vae.report.latents import latents, spread_over_classes

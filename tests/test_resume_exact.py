@@ -4,7 +4,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from tests.conftest import make_hermetic, run_cli, write_data_dir
+from tests.helpers import make_hermetic, run_cli, write_data_dir
 
 
 class CrashAtStep(Callback):

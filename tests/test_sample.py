@@ -7,7 +7,7 @@ import torch
 from torchvision.io import read_image
 
 import sample
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from vae.model import VAE
 from vae.module import VAEModule
 from vae.pictures import interpolation_grid, latent_scatter, manifold_grid, reconstruction_grid

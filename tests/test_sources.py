@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision.io import read_image
 
 import sample
-from tests.conftest import TEST_SIZE, TRAIN_SIZE, fit_in_a_new_folder, idx_bytes, run_cli
+from tests.helpers import TEST_SIZE, TRAIN_SIZE, fit_in_a_new_folder, idx_bytes, run_cli
 from vae.checkpoints import CheckpointError
 from vae.data import (
     CIFAR10DataModule,

@@ -19,10 +19,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 import sweep  # noqa: E402
-from tests.conftest import REPO, make_hermetic, write_data_dir  # noqa: E402
+from tests.helpers import REPO, make_hermetic, write_data_dir  # noqa: E402
 from vae.cli import VAECLI  # noqa: E402
 
-WORKER = REPO / "tests" / "sweep_synthetic.py"
+WORKER = REPO / "tests" / "scripts" / "sweep_synthetic.py"
 TINY = {  # train.py options of every trial: a tiny model, 2 epochs of 3 steps, quiet
     "trainer.max_epochs": 2, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2,
     "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False,

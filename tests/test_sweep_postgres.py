@@ -20,7 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 import sweep  # noqa: E402
-from tests.conftest import make_hermetic, write_data_dir  # noqa: E402
+from tests.helpers import make_hermetic, write_data_dir  # noqa: E402
 from tests.postgres_server import PASSWORD, free_port, postgres_server, server_programs  # noqa: E402
 from tests.test_sweep import TINY, WORKER, wait_for, write_sweep  # noqa: E402
 

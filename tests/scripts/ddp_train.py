@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from tests.conftest import synthetic_files
+from tests.helpers import synthetic_files
 from vae import cli, module
 from vae.checkpoints import SafeCheckpointIO
 from vae.data import InMemoryImages

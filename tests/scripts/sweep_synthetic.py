@@ -1,5 +1,5 @@
 """`python sweep.py` on the tests' synthetic MNIST, for tests that need a real separate worker process
-(run from a working directory whose `data/MNIST/raw/` holds `conftest.synthetic_files()`).
+(run from a working directory whose `data/MNIST/raw/` holds `tests.helpers.synthetic_files()`).
 
 With `--stall_after_an_epoch` first, the worker's trials hang once their first epoch is done (its
 checkpoint written; heartbeats still beating), after writing the file `stalled`: a worker stuck in
@@ -11,13 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lightning.pytorch import Callback  # noqa: E402
 
 import sweep  # noqa: E402
-from tests.conftest import synthetic_files  # noqa: E402
-from tests.train_synthetic import no_network  # noqa: E402
+from tests.helpers import synthetic_files  # noqa: E402
+from tests.scripts.train_synthetic import no_network  # noqa: E402
 from vae.data import mnist as mnist_files  # noqa: E402
 
 

@@ -1,13 +1,13 @@
 """`python train.py` on the tests' synthetic MNIST, for tests that need a real separate process.
 
-Run from a working directory whose `data/MNIST/raw/` holds `conftest.synthetic_files()`: their
+Run from a working directory whose `data/MNIST/raw/` holds `tests.helpers.synthetic_files()`: their
 checksums are the ones that count, and fetching is refused, as in the in-process tests.
 
 For tests/test_fault.py, which kills it at steps it chooses:
 - with `STEP_LOG=FILE` in the environment, the run appends its global step to FILE, one line per
   training batch, once that batch's hooks (and the checkpoint due after it) are done;
 - with `SIGKILL_IN_WRITE_AT_STEP=N`, it SIGKILLs its process group half-way through writing the
-  checkpoint of step N (tests/ddp_train.py's hook): start it in a session of its own.
+  checkpoint of step N (tests/scripts/ddp_train.py's hook): start it in a session of its own.
 """
 
 import hashlib
@@ -15,10 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.conftest import synthetic_files  # noqa: E402
-from tests.ddp_train import sigkill_all_ranks_inside_the_write_at  # noqa: E402
+from tests.helpers import synthetic_files  # noqa: E402
+from tests.scripts.ddp_train import sigkill_all_ranks_inside_the_write_at  # noqa: E402
 from vae import cli  # noqa: E402
 from vae.checkpoints import SafeCheckpointIO  # noqa: E402
 from vae.data import mnist as mnist_files  # noqa: E402
