@@ -1,3 +1,5 @@
+"""The MNIST data module: fetching and checking the files, splits, binarisation, batches as slices."""
+
 import hashlib
 import subprocess
 import urllib.error

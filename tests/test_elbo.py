@@ -1,3 +1,5 @@
+"""The ELBO's maths (vae/elbo.py): the Gaussian KL, the Bernoulli likelihood, free bits, the negative ELBO."""
+
 import math
 
 import torch

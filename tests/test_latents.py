@@ -1,3 +1,5 @@
+"""Active units and KL per latent dimension (vae/latents.py), over batches and processes."""
+
 import torch
 
 from vae.latents import LatentUsage

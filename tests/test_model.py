@@ -1,3 +1,5 @@
+"""The networks (vae/model.py): shapes, architectures, likelihoods and their options on the command line."""
+
 from typing import get_args
 
 import pytest
