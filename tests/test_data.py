@@ -1,3 +1,5 @@
+"""MNIST's files found, fetched and checksummed; the splits, batches and binarisation MNISTDataModule serves."""
+
 import hashlib
 import subprocess
 import urllib.error

@@ -1,3 +1,5 @@
+"""vae/elbo.py's terms against torch.distributions: KL, log-likelihood, negative ELBO, free bits."""
+
 import math
 
 import torch

@@ -1,3 +1,5 @@
+"""vae/model.py's networks: shapes, defaults, reparameterisation, output bias, and the option values."""
+
 from typing import get_args
 
 import pytest
