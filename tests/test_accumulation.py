@@ -1,5 +1,6 @@
-"""Gradient accumulation: `--trainer.accumulate_grad_batches k` makes one optimiser step of k batches,
-and everything the project counts in steps counts optimiser steps: the KL warm-up, the periodic
+"""Gradient accumulation: `--trainer.accumulate_grad_batches k` makes one optimiser step of k batches.
+
+Everything the project counts in steps counts optimiser steps: the KL warm-up, the periodic
 `last.ckpt`, and the `train/loss` curve.
 """
 

@@ -1,4 +1,4 @@
-"""The MNIST data module: fetching and checking the files, splits, binarisation, batches as slices."""
+"""MNIST's files found, fetched and checksummed; the splits, batches and binarisation MNISTDataModule serves."""
 
 import hashlib
 import subprocess

@@ -1,4 +1,4 @@
-"""The ELBO's maths (vae/elbo.py): the Gaussian KL, the Bernoulli likelihood, free bits, the negative ELBO."""
+"""vae/elbo.py's terms against torch.distributions: KL, log-likelihood, negative ELBO, free bits."""
 
 import math
 

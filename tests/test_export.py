@@ -1,5 +1,8 @@
-"""export.py: the exported encoder and decoder load with plain PyTorch, in a process that cannot
-import this repository, and compute what the checkpoint computes; bad checkpoints export nothing."""
+"""export.py: the exported encoder and decoder run with plain PyTorch, outside this repository.
+
+They load in a process that cannot import this repository and compute what the checkpoint computes;
+bad checkpoints export nothing.
+"""
 
 import json
 import subprocess

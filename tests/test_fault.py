@@ -1,7 +1,9 @@
-"""Fault injection: real `python train.py` processes SIGKILLed at steps chosen at random, some in the
-middle of writing a checkpoint, then resumed with `--ckpt_path last`, must end with exactly the
-weights of a run that was never interrupted. Run alone with `python -m pytest -m fault`. The same
-under DDP, with every process SIGKILLed at once while one writes a checkpoint: tests/test_ddp.py.
+"""Fault injection: real `python train.py` processes SIGKILLed at random steps resume bit-identically.
+
+Real processes SIGKILLed at steps chosen at random, some in the middle of writing a checkpoint,
+then resumed with `--ckpt_path last`, must end with exactly the weights of a run that was never
+interrupted. Run alone with `python -m pytest -m fault`. The same under DDP, with every process
+SIGKILLed at once while one writes a checkpoint: tests/test_ddp.py.
 
 Kills are placed by training step, not by time, so they land where they are meant to whatever the
 speed of the machine: each process logs the steps it takes (tests/scripts/train_synthetic.py), and this

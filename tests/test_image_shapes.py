@@ -1,6 +1,9 @@
-"""Images other than MNIST's 1 x 28 x 28: every architecture takes the data's shape (or refuses it in
-one line), and the shape and likelihood travel into the checkpoint, the test metrics, the pictures,
-the projector's sprites and the export. A tiny colour data set, 3 x 8 x 8, stands in for CIFAR-10."""
+"""Images other than MNIST's 1 x 28 x 28, through every architecture, output and export.
+
+Every architecture takes the data's shape (or refuses it in one line), and the shape and likelihood
+travel into the checkpoint, the test metrics, the pictures, the projector's sprites and the export.
+A tiny colour data set, 3 x 8 x 8, stands in for CIFAR-10.
+"""
 
 import json
 import math

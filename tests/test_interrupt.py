@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM stop a fit with `last.ckpt` at the step it reached, say where, and exit 130 / 143;
+"""Ctrl-C and SIGTERM stop a fit with `last.ckpt` at the step it reached, say where, and exit 130 / 143.
+
 `--ckpt_path last` then ends bit-identical to a run never interrupted (the one of tests/test_resume_exact.py).
 
 A signal sent while a step is under way is saved at that step's end; one sent during an epoch's

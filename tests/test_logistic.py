@@ -1,5 +1,7 @@
-"""The discretised logistic likelihood: a true distribution over the 256 values of each sub-pixel,
-equal to the logistic's mass on each bin, finite at any scale, and used by every loss term."""
+"""The discretised logistic likelihood: a true distribution over the 256 values of each sub-pixel.
+
+It equals the logistic's mass on each bin, is finite at any scale, and is used by every loss term.
+"""
 
 import math
 

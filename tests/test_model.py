@@ -1,4 +1,4 @@
-"""The networks (vae/model.py): shapes, architectures, likelihoods and their options on the command line."""
+"""vae/model.py's networks: shapes, defaults, reparameterisation, output bias, and the option values."""
 
 from typing import get_args
 

@@ -1,5 +1,6 @@
-"""Training across two nodes for real: two torchrun "machines" on this host, one CPU process each
-(gloo), started as docs/distributed.md tells a user to, on each machine:
+"""Training across two nodes for real: two torchrun "machines" on this host, one CPU process each.
+
+The nodes talk over gloo and are started as docs/distributed.md tells a user to, on each machine:
 
     torchrun --nnodes 2 --nproc-per-node 1 --node-rank R --master-addr 127.0.0.1 --master-port P \\
         train.py --trainer.strategy ddp --trainer.accelerator cpu --trainer.devices 1 --trainer.num_nodes 2

@@ -1,5 +1,6 @@
-"""Checkpoints written before the data sources had modules of their own still work: the fixture was
-written by the code of commit 27bd318 (tests/fixtures/README.md), and names its source
+"""Checkpoints written before the data sources had modules of their own still work.
+
+The fixture was written by the code of commit 27bd318 (tests/fixtures/README.md), and names its source
 `vae.data.MNISTDataModule`, as every checkpoint of that code does."""
 
 import json

@@ -1,6 +1,8 @@
-"""What a run leaves for a user to look at and take away, whichever logger it used: PNG grids,
-metrics, predictions, and test scalars that line up with the training curves (the quiet console of
-a real `python train.py`: tests/test_fault.py, beside the kills of the same process)."""
+"""What a run leaves for a user to look at and take away, whichever logger it used.
+
+PNG grids, metrics, predictions, and test scalars that line up with the training curves (the quiet
+console of a real `python train.py`: tests/test_fault.py, beside the kills of the same process).
+"""
 
 import csv
 import json

@@ -1,5 +1,8 @@
-"""Training recipes: KL weight and warm-up, free bits, the importance-weighted objective, the
-learning-rate schedule, the conv and residual networks, early stopping; and the test ELBO over k samples."""
+"""Training recipes (KL warm-up, free bits, IWAE, schedules, conv/residual nets, early stopping), test ELBO.
+
+KL weight and warm-up, free bits, the importance-weighted objective, the learning-rate schedule, the
+conv and residual networks, early stopping; and the test ELBO over k samples.
+"""
 
 import json
 import math

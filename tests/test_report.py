@@ -1,5 +1,6 @@
-"""report.py: each measurement and each section's wiring against a case whose answer is known, and the
-page in a real browser.
+"""report.py: each measurement and section's wiring against a case whose answer is known; the page.
+
+The page is checked in a real browser.
 
 One report is made once for the file (`report`), on the shared tiny run, with pure noise as the
 out-of-distribution set: every noise image is less likely than every test image, so its AUROC is 1.

@@ -1,5 +1,8 @@
-"""sweep.py: workers sharing an Optuna study, a SIGKILLed worker's trial retried by another, pruning,
-failed trials with their reason, the best configuration as a train.py config, and bad input."""
+"""sweep.py on SQLite: workers sharing an Optuna study, retried trials, pruning, failures, bad input.
+
+A SIGKILLed worker's trial is retried by another; failed trials keep their reason; the best
+configuration is written as a train.py config.
+"""
 
 import json
 import os

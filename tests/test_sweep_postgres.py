@@ -1,5 +1,6 @@
-"""sweep.py with its study on a real PostgreSQL server (tests/postgres_server.py), as on several
-machines: three workers, one SIGKILLed in the middle of its trial, each grid point run once and the
+"""sweep.py with its study on a real PostgreSQL server (tests/postgres_server.py), as on several machines.
+
+Three workers, one SIGKILLed in the middle of its trial, each grid point run once and the
 killed one retried once, with the same table and best.yaml as the same sweep on SQLite; and a
 database URL that cannot be opened, said in one line."""
 
