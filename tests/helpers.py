@@ -172,3 +172,17 @@ class ScriptFit:
             self._process.kill()
             self._process.wait()
         self._console.close()
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold bit-identical weights and Adam moments (their epoch and step are the caller's)."""
+    import torch
+
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    opt_a, opt_b = a["optimizer_states"][0], b["optimizer_states"][0]
+    assert opt_a["state"].keys() == opt_b["state"].keys()
+    for index, moments in opt_a["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(value, opt_b["state"][index][name]), (index, name)

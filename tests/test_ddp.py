@@ -23,7 +23,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import TEST_SIZE, TRAIN_SIZE
+from tests.helpers import TEST_SIZE, TRAIN_SIZE, assert_same_training_state
 from tests.scripts.ddp_train import importance_samples_seeded_by_image, posterior_mean_in_eval
 from vae import module
 from vae.cli import VAECLI
@@ -193,14 +193,7 @@ def test_a_run_sigkilled_mid_epoch_resumes_to_the_uninterrupted_runs_weights_and
 
     a, b = state(ddp["reference"]), state(ddp["resume"])
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    opt_a, opt_b = a["optimizer_states"][0], b["optimizer_states"][0]
-    assert opt_a["state"].keys() == opt_b["state"].keys()
-    for index, moments in opt_a["state"].items():
-        for name, value in moments.items():
-            assert torch.equal(value, opt_b["state"][index][name]), (index, name)
+    assert_same_training_state(a, b)
 
 
 def resume_on_one_process(ddp: dict[str, Path], run: str, cwd: Path, *args: str) -> list[int]:

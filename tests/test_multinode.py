@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, write_data_dir
+from tests.helpers import REPO, assert_same_training_state, write_data_dir
 from tests.postgres_server import free_port
 from tests.scripts.ddp_train import importance_samples_seeded_by_image, posterior_mean_in_eval
 from tests.test_ddp import DATA, FIT, KILLED_AT, LAST_SAVED, QUIET, STEPS_PER_EPOCH, TRAIN
@@ -144,14 +144,7 @@ def test_a_node_sigkilled_mid_epoch_both_restarted_end_as_the_uninterrupted_run(
         assert resumed == [reference[1][LAST_SAVED - STEPS_PER_EPOCH :]]
     a, b = last(nodes["uninterrupted"]), last(nodes["interrupted"])
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    opt_a, opt_b = a["optimizer_states"][0], b["optimizer_states"][0]
-    assert opt_a["state"].keys() == opt_b["state"].keys()
-    for index, moments in opt_a["state"].items():
-        for name, value in moments.items():
-            assert torch.equal(value, opt_b["state"][index][name]), (index, name)
+    assert_same_training_state(a, b)
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # no logger here: nothing to reload
