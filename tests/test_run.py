@@ -62,3 +62,6 @@ def test_a_data_source_is_named_as_train_py_names_it():
             data_source(unknown, "--ood")
         message = str(error.value.code)
         assert message.startswith(f"error: --ood {unknown!r} is not a data source") and "MNISTDataModule" in message
+        assert all(
+            f" {name}" in message for name in ("FashionMNISTDataModule", "CIFAR10DataModule", "ImageFolderDataModule")
+        )

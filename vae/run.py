@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import LightningDataModule, Trainer
 
 from vae.checkpoints import CheckpointError, check_checkpoint, find_last_checkpoint
-from vae.data import DEFAULT_SOURCE, datamodule_of_run
+from vae.data import SOURCES_PACKAGE, data_sources, datamodule_of_run
 from vae.module import VAEModule
 
 LOGS_DIR = "lightning_logs"  # where `train.py` puts its runs, and where `--ckpt_path last` looks
@@ -114,18 +114,6 @@ def read_data(datamodule: LightningDataModule, what: str) -> None:
         raise SystemExit(f"error: {what}: {err}") from None
 
 
-def data_sources() -> dict[str, type[LightningDataModule]]:
-    """Every LightningDataModule class imported now, by its full class path: this project's sources, and
-    your own once its module is imported. A name on a command line is looked up here, never imported:
-    naming a module on a command line does not run it."""
-    known, found = [LightningDataModule], {}
-    while known:
-        source = known.pop()
-        found[f"{source.__module__}.{source.__qualname__}"] = source
-        known += source.__subclasses__()
-    return found
-
-
 def data_source(name: str, option: str) -> type[LightningDataModule]:
     """The data module class a command line names, as `train.py --data NAME` takes it: its class name when
     no other imported class has it (`MNISTDataModule`), else its full class path; one line if none fits."""
@@ -135,8 +123,7 @@ def data_source(name: str, option: str) -> type[LightningDataModule]:
         by_name.setdefault(source.__qualname__, []).append(source)
     wanted = found.get(name) or (by_name[name][0] if len(by_name.get(name, [])) == 1 else None)
     if wanted is None or wanted is LightningDataModule:
-        project = DEFAULT_SOURCE.rpartition(".")[0]  # where this project's sources are
-        ours = [s for path, s in found.items() if path.startswith(project + ".")]
+        ours = [s for path, s in found.items() if path.startswith(SOURCES_PACKAGE + ".")]
         sources = sorted(s.__qualname__ for s in ours if not any(issubclass(o, s) for o in ours if o is not s))
         raise SystemExit(
             f"error: {option} {name!r} is not a data source: give one of {', '.join(sources)}, or the full "

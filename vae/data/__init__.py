@@ -24,7 +24,14 @@ from vae.data.idx import IDXDataModule
 from vae.data.image_folder import ImageFolderDataModule
 from vae.data.kmnist import KMNISTDataModule
 from vae.data.mnist import MNISTDataModule
-from vae.data.saved import DEFAULT_SOURCE, OLD_CLASS_PATHS, datamodule_of_run, saved_class_path
+from vae.data.saved import (
+    DEFAULT_SOURCE,
+    OLD_CLASS_PATHS,
+    SOURCES_PACKAGE,
+    data_sources,
+    datamodule_of_run,
+    saved_class_path,
+)
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -43,4 +50,6 @@ __all__ = [
     "datamodule_of_run",
     "resident_device",
     "saved_class_path",
+    "SOURCES_PACKAGE",
+    "data_sources",
 ]
