@@ -47,6 +47,7 @@ from vae.cli_checks import CommandLineError, OneLineArgumentParser, check_traine
 
 SWEEPS_DIR = Path("sweeps")
 DISTRIBUTIONS = {"float": FloatDistribution, "int": IntDistribution, "categorical": CategoricalDistribution}
+SURPLUS = "surplus"  # the user attribute of a trial one too many (is_surplus), not counted
 DEFAULTS = {"objective": "val/loss", "direction": "minimize", "heartbeat": 30, "max_retry": 2}
 SWEEP_KEYS = ("space", "fixed", "study_name", "n_trials", "objective", "direction", "storage", "heartbeat", "max_retry",
               "sampler", "pruner")  # fmt: skip
@@ -204,15 +205,21 @@ class Objective:
     """One trial: its values as `train.py` options after the fixed ones, `fit`, then (for a `test/`
     objective) `test` of the best checkpoint; every validation and test metric goes into the trial."""
 
-    def __init__(self, study_dir: Path, fixed: list[str], space: dict[str, BaseDistribution], objective: str):
+    def __init__(
+        self, study_dir: Path, fixed: list[str], space: dict[str, BaseDistribution], objective: str, n_trials: int
+    ):
         self.study_dir, self.fixed, self.space, self.objective = study_dir, fixed, space, objective
+        self.n_trials = n_trials
         # pruning compares trials after each validation: by the objective if it is logged then, else val/loss
         self.monitor = objective if objective.startswith("val/") else "val/loss"
 
     def __call__(self, trial: Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine's log to read
+        if is_surplus(trial.study.get_trials(deepcopy=False), trial.number, self.n_trials):
+            trial.set_user_attr(SURPLUS, True)
+            raise self.failed(trial, "not run: another worker started the study's last trial at the same moment")
         run = self.study_dir / f"version_{trial.number}"
         trial.set_user_attr("run", str(run))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine's log to read
         params = {name: suggest(trial, name, distribution) for name, distribution in self.space.items()}
         args = [*self.fixed, *(f"--{name}={option_value(value)}" for name, value in params.items())]
         args += [f"--trainer.logger.init_args.save_dir={self.study_dir}", "--trainer.logger.init_args.name="]
@@ -247,11 +254,20 @@ class Objective:
         return TrialFailed(reason)
 
 
+def is_surplus(trials: list[FrozenTrial], number: int, n_trials: int) -> bool:
+    """Whether trial `number` is one too many: two workers that both saw one trial left to start
+    each started one. Every new trial (not a retry) takes one of the `n_trials` places in the
+    order of its number, which the database gives out one at a time, so the later one is the surplus."""
+    retried = RetryHeartbeatStaleTrialCallback.retried_trial_number
+    trial = next(t for t in trials if t.number == number)
+    return retried(trial) is None and sum(t.number < number and retried(t) is None for t in trials) >= n_trials
+
+
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's trials less those replaced by a retry (a trial whose worker died)."""
+    """The study's trials less those replaced by a retry (a trial whose worker died) and the surplus ones."""
     trials = study.get_trials(deepcopy=False)
     replaced = {number for t in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(t)}
-    return [t for t in trials if t.number not in replaced]
+    return [t for t in trials if t.number not in replaced and not t.user_attrs.get(SURPLUS)]
 
 
 def run_worker(study: optuna.Study, objective: Objective, n_trials: int, heartbeat: int, retries: RetryStaleTrials):
@@ -433,7 +449,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
             f"study {study.study_name} in {without_password(url)} was created to {study.direction.name.lower()} its "
             "objective: drop --direction, or name a new study with --study_name."
         )
-    run_worker(study, Objective(study_dir, fixed, space, objective), n_trials, settings["heartbeat"], retries)
+    run_worker(study, Objective(study_dir, fixed, space, objective, n_trials), n_trials, settings["heartbeat"], retries)
     write_results(study, study_dir, objective, list(space))
     return study
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-pytest.importorskip("optuna", reason="sweep.py needs optuna (requirements.txt); the GPU machine has none")
+optuna = pytest.importorskip("optuna", reason="sweep.py needs optuna (requirements.txt); the GPU machine has none")
 from optuna.storages import RetryHeartbeatStaleTrialCallback  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
@@ -146,6 +146,23 @@ def test_a_hopeless_trial_is_pruned_a_failing_one_recorded_and_test_nll_the_obje
     assert outcome[True, -1.0].state == outcome[False, -1.0].state == TrialState.FAIL
     test = json.loads((tmp_path / study.best_trial.user_attrs["run"] / "test_metrics.json").read_text())
     assert "/checkpoints/best-epoch" in test["ckpt_path"] and test["metrics"]["test/nll"] == study.best_value
+
+
+def test_two_workers_that_both_start_the_last_trial_run_it_once_and_count_it_once(tmp_path, data_dir, monkeypatch):
+    """Two workers saw one trial left to start and asked Optuna for it at the same moment: the
+    later trial is not run (no run folder), says why, and is not counted, so the study still
+    waits for its n_trials real ones (on a grid, the one point the surplus would have taken twice)."""
+    monkeypatch.chdir(tmp_path)
+    study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    first, second = study.ask(), study.ask()
+    objective = sweep.Objective(Path("sweeps/tiny"), [f"--{k}={v}" for k, v in TINY.items()], {}, "val/loss", 1)
+    with pytest.raises(sweep.TrialFailed):
+        objective(second)
+    study.tell(second, state=TrialState.FAIL)
+    study.tell(first, objective(first))
+    assert [t.number for t in sweep.counted_trials(study)] == [0]
+    assert sweep.note(study.trials[1]) == "not run: another worker started the study's last trial at the same moment"
+    assert sorted(p.name for p in Path("sweeps/tiny").iterdir()) == ["version_0"]
 
 
 @pytest.mark.parametrize(
