@@ -13,6 +13,8 @@ from vae.elbo import (
     LIKELIHOODS,
     discretized_logistic_log_likelihood,
     discretized_logistic_mean,
+    image_scale_logistic_log_likelihood,
+    image_scale_logistic_mean,
     importance_weighted_terms,
     negative_elbo,
 )
@@ -77,6 +79,28 @@ def test_the_pixel_mean_is_the_mean_of_the_256_values(mean, log_scale):
     params = torch.tensor([mean, log_scale], dtype=torch.float64).view(1, 2, 1, 1)
     expected = (every_value_under(mean, log_scale).exp() * VALUES).sum()
     torch.testing.assert_close(discretized_logistic_mean(params).view(()), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_image_scale_likelihood_gives_each_image_and_channel_the_mean_of_its_log_scales():
+    """`logistic_image_scale`: every sub-pixel of channel c of an image gets that image's mean
+    log-scale of channel c (not another image's, not another channel's), and is then the exact
+    discretised logistic, so its 256 values still sum to one."""
+    generator = torch.Generator().manual_seed(0)
+    params = torch.randn(2, 6, 4, 5, dtype=torch.float64, generator=generator)  # 2 images of 3 channels
+    x = torch.randint(0, 256, (2, 3, 4, 5), generator=generator).double() / 255
+    one_scale = params.clone()
+    for image in range(2):
+        for channel in range(3):
+            one_scale[image, 3 + channel] = params[image, 3 + channel].mean()
+    torch.testing.assert_close(
+        image_scale_logistic_log_likelihood(params, x), discretized_logistic_log_likelihood(one_scale, x)
+    )
+    torch.testing.assert_close(image_scale_logistic_mean(params), discretized_logistic_mean(one_scale))
+    assert LIKELIHOODS["logistic_image_scale"].log_likelihood is image_scale_logistic_log_likelihood
+    assert LIKELIHOODS["logistic_image_scale"].pixel_means is image_scale_logistic_mean
+    values = VALUES.view(256, 1, 1, 1)
+    every_value = image_scale_logistic_log_likelihood(params[:1, :, :1, :1].expand(256, 6, 1, 1)[:, [0, 3]], values)
+    torch.testing.assert_close(every_value.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
 def test_the_importance_weighted_terms_use_the_likelihood_they_are_given():

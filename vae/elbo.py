@@ -9,6 +9,8 @@ p(x|z), chosen by name from `LIKELIHOODS` (`--model.likelihood`):
   2016 for CIFAR-10): a mean and a log-scale per sub-pixel, and the probability of each of the 256
   8-bit values is the logistic's mass on its bin of width 1/255, the two edge bins open to -inf and
   +inf, so the 256 probabilities sum to 1 and -log p(x) is a true negative log-likelihood of the bytes.
+- "logistic_image_scale": the same, with one scale per image and channel (`one_scale_per_image`):
+  the one that learns the content of 8-bit images with flat backgrounds (docs/likelihoods.md).
 
 For evaluation, `importance_weighted_nll` estimates -log p(x) itself, with a bound that tightens
 as the number of samples k grows (k = 1 is the negative ELBO again); `importance_weighted_terms`
@@ -119,6 +121,29 @@ def discretized_logistic_start(pixel_mean: torch.Tensor) -> torch.Tensor:
     return torch.cat([pixel_mean, log_scale])
 
 
+def one_scale_per_image(params: torch.Tensor) -> torch.Tensor:
+    """Discretised logistics (B, 2C, H, W) with each image's log-scales, per channel, replaced by their mean.
+
+    With a log-scale per sub-pixel, the decoder can make an image's flat background far more certain
+    than its strokes; the background's NLL then falls fastest, its gradients (which grow as 1 / scale)
+    swamp those of the strokes in the decoder's shared weights, and the content is not learnt
+    (docs/likelihoods.md measures it). One scale per image and channel weighs an error anywhere in
+    the image alike, as a Gaussian decoder with one variance does (Rybkin et al. 2021, sigma-VAE).
+    """
+    mean, log_scale = _at_least_float32(params).chunk(2, dim=1)
+    return torch.cat([mean, log_scale.mean(dim=(2, 3), keepdim=True).expand_as(log_scale)], dim=1)
+
+
+def image_scale_logistic_log_likelihood(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`discretized_logistic_log_likelihood` with one log-scale per image and channel (`one_scale_per_image`)."""
+    return discretized_logistic_log_likelihood(one_scale_per_image(params), x)
+
+
+def image_scale_logistic_mean(params: torch.Tensor) -> torch.Tensor:
+    """`discretized_logistic_mean` with one log-scale per image and channel (`one_scale_per_image`)."""
+    return discretized_logistic_mean(one_scale_per_image(params))
+
+
 class Likelihood(NamedTuple):
     """p(x|z) as the decoder parametrises it."""
 
@@ -130,7 +155,7 @@ class Likelihood(NamedTuple):
 
 
 # The names `--model.likelihood` accepts (its `--help` lists them); `LIKELIHOODS` has one p(x|z) per name.
-LikelihoodName = Literal["bernoulli", "logistic"]
+LikelihoodName = Literal["bernoulli", "logistic", "logistic_image_scale"]
 LIKELIHOODS = {
     "bernoulli": Likelihood(
         1, bernoulli_log_likelihood, torch.sigmoid, bernoulli_start,
@@ -143,6 +168,13 @@ LIKELIHOODS = {
             "log s, in the units of x in [0, 1]; value k of 0..255 has the logistic's mass on "
             "[(k - 0.5) / 255, (k + 0.5) / 255], the bins of 0 and 255 open to -inf and +inf; the pixel means "
             "are sum_{j=1..255} sigmoid((m - (j - 0.5) / 255) / s) / 255, close to clamp(m, 0, 1)"
+        ),
+    ),
+    "logistic_image_scale": Likelihood(
+        2, image_scale_logistic_log_likelihood, image_scale_logistic_mean, discretized_logistic_start,
+        decoder_output=(
+            "discretised logistics (B, 2C, H, W), as for `logistic`, except that every sub-pixel of channel c "
+            "of an image has the one log-scale log s = the mean of that image's channel C + c over H and W"
         ),
     ),
 }  # fmt: skip
