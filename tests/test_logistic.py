@@ -13,11 +13,10 @@ from vae.elbo import (
     LIKELIHOODS,
     discretized_logistic_log_likelihood,
     discretized_logistic_mean,
-    image_scale_logistic_log_likelihood,
-    image_scale_logistic_mean,
     importance_weighted_terms,
     negative_elbo,
 )
+from vae.model import LOG_SCALE_SPEED, VAE
 from vae.module import VAEModule
 
 VALUES = torch.arange(256, dtype=torch.float64) / 255  # the 8-bit values
@@ -81,26 +80,21 @@ def test_the_pixel_mean_is_the_mean_of_the_256_values(mean, log_scale):
     torch.testing.assert_close(discretized_logistic_mean(params).view(()), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_the_image_scale_likelihood_gives_each_image_and_channel_the_mean_of_its_log_scales():
-    """`logistic_image_scale`: every sub-pixel of channel c of an image gets that image's mean
-    log-scale of channel c (not another image's, not another channel's), and is then the exact
-    discretised logistic, so its 256 values still sum to one."""
-    generator = torch.Generator().manual_seed(0)
-    params = torch.randn(2, 6, 4, 5, dtype=torch.float64, generator=generator)  # 2 images of 3 channels
-    x = torch.randint(0, 256, (2, 3, 4, 5), generator=generator).double() / 255
-    one_scale = params.clone()
-    for image in range(2):
-        for channel in range(3):
-            one_scale[image, 3 + channel] = params[image, 3 + channel].mean()
-    torch.testing.assert_close(
-        image_scale_logistic_log_likelihood(params, x), discretized_logistic_log_likelihood(one_scale, x)
-    )
-    torch.testing.assert_close(image_scale_logistic_mean(params), discretized_logistic_mean(one_scale))
-    assert LIKELIHOODS["logistic_image_scale"].log_likelihood is image_scale_logistic_log_likelihood
-    assert LIKELIHOODS["logistic_image_scale"].pixel_means is image_scale_logistic_mean
-    values = VALUES.view(256, 1, 1, 1)
-    every_value = image_scale_logistic_log_likelihood(params[:1, :, :1, :1].expand(256, 6, 1, 1)[:, [0, 3]], values)
-    torch.testing.assert_close(every_value.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+def test_the_shared_scale_is_one_learned_number_per_channel_at_every_image_and_pixel():
+    """`logistic_shared_scale`: the decoder's log-scales are LOG_SCALE_SPEED x one parameter per
+    channel (not another channel's, not the network's), which the optimiser trains and checkpoints keep."""
+    model = VAE(hidden_dim=16, latent_dim=2, arch="conv", image_shape=(3, 8, 8), likelihood="logistic_shared_scale")
+    assert model.decoder(torch.zeros(1, 2)).shape == (1, 3, 8, 8)  # the network outputs the means alone
+    with torch.no_grad():
+        model.log_scale.copy_(torch.tensor([-1.0, -2.0, -3.0]) / LOG_SCALE_SPEED)
+    output = model.decode(torch.randn(4, 2))
+    torch.testing.assert_close(output[:, 3:], torch.tensor([-1.0, -2.0, -3.0]).view(1, 3, 1, 1).expand(4, 3, 8, 8))
+    module = VAEModule(hidden_dim=16, latent_dim=2, image_shape=(3, 8, 8), likelihood="logistic_shared_scale")
+    trained = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert id(module.model.log_scale) in trained and "model.log_scale" in module.state_dict()
+    x = torch.randint(0, 256, (4, 3, 8, 8)) / 255
+    (-module.model.likelihood.log_likelihood(module.model.decode(torch.zeros(4, 2)), x).sum()).backward()
+    assert module.model.log_scale.grad.abs().min() > 0
 
 
 def test_the_importance_weighted_terms_use_the_likelihood_they_are_given():

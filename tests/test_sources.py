@@ -379,7 +379,7 @@ def test_bad_folder_options_are_refused_by_name(folder, tmp_path, options, match
 
 # the README's command for one's own images, small
 FOLDER_RUN = ["--data", "ImageFolderDataModule", "--data.image_size", "8", "--data.val_size", "10"]
-FOLDER_RUN += ["--model.arch", "conv", "--model.likelihood", "logistic_image_scale", "--trainer.max_epochs", "1"]
+FOLDER_RUN += ["--model.arch", "conv", "--model.likelihood", "logistic_shared_scale", "--trainer.max_epochs", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ p(x|z), chosen by name from `LIKELIHOODS` (`--model.likelihood`):
   2016 for CIFAR-10): a mean and a log-scale per sub-pixel, and the probability of each of the 256
   8-bit values is the logistic's mass on its bin of width 1/255, the two edge bins open to -inf and
   +inf, so the 256 probabilities sum to 1 and -log p(x) is a true negative log-likelihood of the bytes.
-- "logistic_image_scale": the same, with one scale per image and channel (`one_scale_per_image`):
-  the one that learns the content of 8-bit images with flat backgrounds (docs/likelihoods.md).
+- "logistic_shared_scale": the same, with one learned scale per channel for every image and pixel
+  (`VAE.log_scale`): an error counts alike wherever it is, so the decoder learns the content of
+  images with flat backgrounds, where a scale per sub-pixel fits the background (docs/likelihoods.md).
 
 For evaluation, `importance_weighted_nll` estimates -log p(x) itself, with a bound that tightens
 as the number of samples k grows (k = 1 is the negative ELBO again); `importance_weighted_terms`
@@ -121,27 +122,9 @@ def discretized_logistic_start(pixel_mean: torch.Tensor) -> torch.Tensor:
     return torch.cat([pixel_mean, log_scale])
 
 
-def one_scale_per_image(params: torch.Tensor) -> torch.Tensor:
-    """Discretised logistics (B, 2C, H, W) with each image's log-scales, per channel, replaced by their mean.
-
-    With a log-scale per sub-pixel, the decoder can make an image's flat background far more certain
-    than its strokes; the background's NLL then falls fastest, its gradients (which grow as 1 / scale)
-    swamp those of the strokes in the decoder's shared weights, and the content is not learnt
-    (docs/likelihoods.md measures it). One scale per image and channel weighs an error anywhere in
-    the image alike, as a Gaussian decoder with one variance does (Rybkin et al. 2021, sigma-VAE).
-    """
-    mean, log_scale = _at_least_float32(params).chunk(2, dim=1)
-    return torch.cat([mean, log_scale.mean(dim=(2, 3), keepdim=True).expand_as(log_scale)], dim=1)
-
-
-def image_scale_logistic_log_likelihood(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """`discretized_logistic_log_likelihood` with one log-scale per image and channel (`one_scale_per_image`)."""
-    return discretized_logistic_log_likelihood(one_scale_per_image(params), x)
-
-
-def image_scale_logistic_mean(params: torch.Tensor) -> torch.Tensor:
-    """`discretized_logistic_mean` with one log-scale per image and channel (`one_scale_per_image`)."""
-    return discretized_logistic_mean(one_scale_per_image(params))
+def shared_scale_start(pixel_mean: torch.Tensor) -> torch.Tensor:
+    """The means (C, H, W) of logistics centred on `pixel_mean`: their scale is not the decoder's to start."""
+    return pixel_mean
 
 
 class Likelihood(NamedTuple):
@@ -150,12 +133,15 @@ class Likelihood(NamedTuple):
     outputs_per_channel: int  # decoder outputs per sub-pixel: the decoder has this many x C channels
     log_likelihood: LogLikelihood  # (decoder output, x) -> log p(x|z) per image, in nats
     pixel_means: Callable[[torch.Tensor], torch.Tensor]  # decoder output -> E[x|z] in [0, 1], (B, C, H, W)
-    start: Callable[[torch.Tensor], torch.Tensor]  # pixel means (C, H, W) -> an output with those means
+    start: Callable[[torch.Tensor], torch.Tensor]  # pixel means (C, H, W) -> the network's output bias for them
     decoder_output: str  # what the decoder's output is, for whoever uses it without this code (export.json)
+    # The log-scales are one learned parameter per channel (`VAE.log_scale`), not outputs of the network,
+    # which then has outputs_per_channel - 1 outputs per sub-pixel.
+    learned_scale: bool = False
 
 
 # The names `--model.likelihood` accepts (its `--help` lists them); `LIKELIHOODS` has one p(x|z) per name.
-LikelihoodName = Literal["bernoulli", "logistic", "logistic_image_scale"]
+LikelihoodName = Literal["bernoulli", "logistic", "logistic_shared_scale"]
 LIKELIHOODS = {
     "bernoulli": Likelihood(
         1, bernoulli_log_likelihood, torch.sigmoid, bernoulli_start,
@@ -170,12 +156,13 @@ LIKELIHOODS = {
             "are sum_{j=1..255} sigmoid((m - (j - 0.5) / 255) / s) / 255, close to clamp(m, 0, 1)"
         ),
     ),
-    "logistic_image_scale": Likelihood(
-        2, image_scale_logistic_log_likelihood, image_scale_logistic_mean, discretized_logistic_start,
+    "logistic_shared_scale": Likelihood(
+        2, discretized_logistic_log_likelihood, discretized_logistic_mean, shared_scale_start,
         decoder_output=(
-            "discretised logistics (B, 2C, H, W), as for `logistic`, except that every sub-pixel of channel c "
-            "of an image has the one log-scale log s = the mean of that image's channel C + c over H and W"
+            "discretised logistics (B, 2C, H, W), as for `logistic`, except that the log-scales of channel c "
+            "(channel C + c) are one learned number for every image and pixel"
         ),
+        learned_scale=True,
     ),
 }  # fmt: skip
 
