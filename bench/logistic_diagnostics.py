@@ -2,7 +2,7 @@
 
     python bench/logistic_diagnostics.py --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt [--images 500]
 
-For a run trained with `--model.likelihood logistic` or `logistic_image_scale` on images with a
+For a run trained with `--model.likelihood logistic` or `logistic_shared_scale` on images with a
 flat background (the coloured digits of bench/coloured_digits.py, Fashion-MNIST), on the first
 `--images` test images decoded from the mean of q(z|x): each sub-pixel is "background" when its
 pixel equals the image's corner pixel in every channel, else "strokes". Printed per channel and
@@ -21,10 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vae.elbo import discretized_logistic_log_likelihood, one_scale_per_image  # noqa: E402
+from vae.elbo import discretized_logistic_log_likelihood  # noqa: E402
 from vae.run import model_inputs, open_run  # noqa: E402
-
-SCALES = {"logistic": lambda params: params, "logistic_image_scale": one_scale_per_image}  # the scale of each
 
 
 def regions(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -46,14 +44,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     args = parser.parse_args()
     module, datamodule = open_run(args.ckpt_path)
-    likelihood = module.hparams.likelihood
-    if likelihood not in SCALES:
+    if module.model.likelihood.log_likelihood is not discretized_logistic_log_likelihood:
+        likelihood = module.hparams.likelihood
         raise SystemExit(f"error: {args.ckpt_path} was trained with --model.likelihood {likelihood}, not a logistic.")
     x = model_inputs(datamodule, datamodule.test_set.images[: args.images])
     model = module.model
     with torch.no_grad():
         mu, _ = model.encode(x)
-    params = SCALES[likelihood](model.decode(mu))  # the logistics the likelihood scores, one scale each
+    params = model.decode(mu)  # the logistics the likelihood scores
     params.retain_grad()
     nll = nll_per_subpixel(params, x)
     nll.sum().backward(retain_graph=True)
