@@ -18,7 +18,7 @@ from torchvision.io import read_image
 
 import export
 from vae.callbacks import ImageGrids, LatentProjector
-from vae.elbo import negative_elbo
+from vae.elbo import LIKELIHOODS, negative_elbo
 from vae.model import VAE
 from vae.module import VAEModule
 from vae.pictures import PALETTE, latent_scatter, manifold_grid, traversal_grid
@@ -51,13 +51,13 @@ class ColourImages(LightningDataModule):
         return images.float() / 255, labels
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "logistic"])
+@pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
 @pytest.mark.parametrize("arch, shape", [("mlp", (3, 5, 7)), ("conv", (3, 8, 12)), ("resnet", (3, 8, 12))])
 def test_every_architecture_follows_the_image_shape(arch, shape, likelihood):
     model = VAE(hidden_dim=16, latent_dim=3, arch=arch, image_shape=shape, likelihood=likelihood)
     x = torch.randint(0, 256, (4, *shape)) / 255
     output, mu, logvar = model(x)
-    per_channel = 2 if likelihood == "logistic" else 1
+    per_channel = LIKELIHOODS[likelihood].outputs_per_channel
     assert output.shape == (4, per_channel * shape[0], *shape[1:]) and mu.shape == logvar.shape == (4, 3)
     loss, _, _ = negative_elbo(output, x, mu, logvar, model.likelihood.log_likelihood)
     assert loss.shape == (4,) and torch.isfinite(loss).all()
@@ -65,7 +65,7 @@ def test_every_architecture_follows_the_image_shape(arch, shape, likelihood):
         assert images.shape == (len(images), *shape) and 0 <= images.min() and images.max() <= 1
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "logistic"])
+@pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
 def test_the_output_bias_starts_the_decoder_at_the_colour_images_marginal(likelihood):
     """With the decoder's weights at zero, p(x|z) is the start for every z. Bernoulli: its means are
     the pixel means exactly. Logistic: centred on them, it fits the data far better than the untrained

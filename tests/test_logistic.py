@@ -16,6 +16,7 @@ from vae.elbo import (
     importance_weighted_terms,
     negative_elbo,
 )
+from vae.model import LOG_SCALE_SPEED, VAE
 from vae.module import VAEModule
 
 VALUES = torch.arange(256, dtype=torch.float64) / 255  # the 8-bit values
@@ -77,6 +78,23 @@ def test_the_pixel_mean_is_the_mean_of_the_256_values(mean, log_scale):
     params = torch.tensor([mean, log_scale], dtype=torch.float64).view(1, 2, 1, 1)
     expected = (every_value_under(mean, log_scale).exp() * VALUES).sum()
     torch.testing.assert_close(discretized_logistic_mean(params).view(()), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_shared_scale_is_one_learned_number_per_channel_at_every_image_and_pixel():
+    """`logistic_shared_scale`: the decoder's log-scales are LOG_SCALE_SPEED x one parameter per
+    channel (not another channel's, not the network's), which the optimiser trains and checkpoints keep."""
+    model = VAE(hidden_dim=16, latent_dim=2, arch="conv", image_shape=(3, 8, 8), likelihood="logistic_shared_scale")
+    assert model.decoder(torch.zeros(1, 2)).shape == (1, 3, 8, 8)  # the network outputs the means alone
+    with torch.no_grad():
+        model.log_scale.copy_(torch.tensor([-1.0, -2.0, -3.0]) / LOG_SCALE_SPEED)
+    output = model.decode(torch.randn(4, 2))
+    torch.testing.assert_close(output[:, 3:], torch.tensor([-1.0, -2.0, -3.0]).view(1, 3, 1, 1).expand(4, 3, 8, 8))
+    module = VAEModule(hidden_dim=16, latent_dim=2, image_shape=(3, 8, 8), likelihood="logistic_shared_scale")
+    trained = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert id(module.model.log_scale) in trained and "model.log_scale" in module.state_dict()
+    x = torch.randint(0, 256, (4, 3, 8, 8)) / 255
+    (-module.model.likelihood.log_likelihood(module.model.decode(torch.zeros(4, 2)), x).sum()).backward()
+    assert module.model.log_scale.grad.abs().min() > 0
 
 
 def test_the_importance_weighted_terms_use_the_likelihood_they_are_given():

@@ -83,7 +83,7 @@ def test_the_accepted_names_are_the_networks_and_likelihoods_there_are():
 
 CHOICES = {
     "arch": ("mlp", "conv", "resnet"),
-    "likelihood": ("bernoulli", "logistic"),
+    "likelihood": ("bernoulli", "logistic", "logistic_shared_scale"),
     "lr_schedule": ("constant", "cosine"),
     "compile": ("default", "reduce-overhead", "max-autotune"),
     "matmul_precision": ("highest", "high", "medium"),

@@ -377,13 +377,14 @@ def test_bad_folder_options_are_refused_by_name(folder, tmp_path, options, match
 
 # --- the command line: choosing a source, and its checkpoints ------------------------------------------
 
+# the README's command for one's own images, small
 FOLDER_RUN = ["--data", "ImageFolderDataModule", "--data.image_size", "8", "--data.val_size", "10"]
-FOLDER_RUN += ["--model.likelihood", "logistic", "--trainer.max_epochs", "1"]
+FOLDER_RUN += ["--model.arch", "conv", "--model.likelihood", "logistic_shared_scale", "--trainer.max_epochs", "1"]
 
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory, files) -> SimpleNamespace:
-    """`train.py --data ImageFolderDataModule --data.root IMAGES` on a small RGB folder, 3 steps."""
+    """The README's `train.py --data ImageFolderDataModule --data.root IMAGES` on a small RGB folder, 3 steps."""
     images = tmp_path_factory.mktemp("images")
     write_folder(images, {"train": 30, "test": 6})
     root, _ = fit_in_a_new_folder(tmp_path_factory, files, "folder-run", *FOLDER_RUN, "--data.root", str(images))

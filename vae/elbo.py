@@ -9,6 +9,9 @@ p(x|z), chosen by name from `LIKELIHOODS` (`--model.likelihood`):
   2016 for CIFAR-10): a mean and a log-scale per sub-pixel, and the probability of each of the 256
   8-bit values is the logistic's mass on its bin of width 1/255, the two edge bins open to -inf and
   +inf, so the 256 probabilities sum to 1 and -log p(x) is a true negative log-likelihood of the bytes.
+- "logistic_shared_scale": the same, with one learned scale per channel for every image and pixel
+  (`VAE.log_scale`): an error counts alike wherever it is, so the decoder learns the content of
+  images with flat backgrounds, where a scale per sub-pixel fits the background (docs/likelihoods.md).
 
 For evaluation, `importance_weighted_nll` estimates -log p(x) itself, with a bound that tightens
 as the number of samples k grows (k = 1 is the negative ELBO again); `importance_weighted_terms`
@@ -119,18 +122,26 @@ def discretized_logistic_start(pixel_mean: torch.Tensor) -> torch.Tensor:
     return torch.cat([pixel_mean, log_scale])
 
 
+def shared_scale_start(pixel_mean: torch.Tensor) -> torch.Tensor:
+    """The means (C, H, W) of logistics centred on `pixel_mean`: their scale is not the decoder's to start."""
+    return pixel_mean
+
+
 class Likelihood(NamedTuple):
     """p(x|z) as the decoder parametrises it."""
 
     outputs_per_channel: int  # decoder outputs per sub-pixel: the decoder has this many x C channels
     log_likelihood: LogLikelihood  # (decoder output, x) -> log p(x|z) per image, in nats
     pixel_means: Callable[[torch.Tensor], torch.Tensor]  # decoder output -> E[x|z] in [0, 1], (B, C, H, W)
-    start: Callable[[torch.Tensor], torch.Tensor]  # pixel means (C, H, W) -> an output with those means
+    start: Callable[[torch.Tensor], torch.Tensor]  # pixel means (C, H, W) -> the network's output bias for them
     decoder_output: str  # what the decoder's output is, for whoever uses it without this code (export.json)
+    # The log-scales are one learned parameter per channel (`VAE.log_scale`), not outputs of the network,
+    # which then has outputs_per_channel - 1 outputs per sub-pixel.
+    learned_scale: bool = False
 
 
 # The names `--model.likelihood` accepts (its `--help` lists them); `LIKELIHOODS` has one p(x|z) per name.
-LikelihoodName = Literal["bernoulli", "logistic"]
+LikelihoodName = Literal["bernoulli", "logistic", "logistic_shared_scale"]
 LIKELIHOODS = {
     "bernoulli": Likelihood(
         1, bernoulli_log_likelihood, torch.sigmoid, bernoulli_start,
@@ -144,6 +155,14 @@ LIKELIHOODS = {
             "[(k - 0.5) / 255, (k + 0.5) / 255], the bins of 0 and 255 open to -inf and +inf; the pixel means "
             "are sum_{j=1..255} sigmoid((m - (j - 0.5) / 255) / s) / 255, close to clamp(m, 0, 1)"
         ),
+    ),
+    "logistic_shared_scale": Likelihood(
+        2, discretized_logistic_log_likelihood, discretized_logistic_mean, shared_scale_start,
+        decoder_output=(
+            "discretised logistics (B, 2C, H, W), as for `logistic`, except that the log-scales of channel c "
+            "(channel C + c) are one learned number for every image and pixel"
+        ),
+        learned_scale=True,
     ),
 }  # fmt: skip
 

@@ -14,7 +14,8 @@ best likelihood (the headline recipe, `configs/gpu_binarized.yaml`).
 Every architecture takes any image shape C x H x W (`image_shape`, from the data); the
 convolutional ones halve the sides twice, so they need H and W divisible by 4. The decoder outputs
 what the likelihood (`vae.elbo.LIKELIHOODS`) needs per sub-pixel: C channels of Bernoulli logits,
-or 2C (a mean and a log-scale) for the discretised logistic.
+or 2C (a mean and a log-scale) for the discretised logistic (C means, and one learned log-scale
+per channel, `VAE.log_scale`, for `logistic_shared_scale`).
 
 Images go in as (B, C, H, W) floats in [0, 1], in any float dtype; the decoder returns (B, k C, H, W), so the loss
 (`vae.elbo`) never needs to know which architecture produced it.
@@ -27,6 +28,10 @@ import torch
 from torch import nn
 
 from vae.elbo import LIKELIHOODS, LikelihoodName
+
+# A learned log-scale (`logistic_shared_scale`) is this many times its parameter: Adam moves a parameter
+# by about the learning rate per step, and the log-scale has to travel several units in a few hundred.
+LOG_SCALE_SPEED = 100.0
 
 
 class PixelBias(nn.Module):
@@ -174,7 +179,7 @@ class VAE(nn.Module):
         super().__init__()
         self.latent_dim, self.image_shape = latent_dim, _checked_shape(image_shape)
         self.likelihood = LIKELIHOODS[likelihood]
-        out_channels = self.likelihood.outputs_per_channel * self.image_shape[0]
+        out_channels = (self.likelihood.outputs_per_channel - self.likelihood.learned_scale) * self.image_shape[0]
         self.encoder, self.decoder = ARCHITECTURES[arch](hidden_dim, latent_dim, self.image_shape, out_channels)
         # A plain reference, not a registered submodule: the layer's weights stay in state_dict once,
         # under decoder.*, so checkpoints keep their keys.
@@ -182,6 +187,10 @@ class VAE(nn.Module):
         self.__dict__["output_layer"] = _output_bias_layer(self.decoder, outputs)
         self.to_mu = nn.Linear(hidden_dim, latent_dim)
         self.to_logvar = nn.Linear(hidden_dim, latent_dim)
+        # One log-scale per channel, for every image and pixel, stored divided by LOG_SCALE_SPEED; it starts
+        # as wide as a value spread evenly over [0, 1] (a logistic's variance (pi s)^2 / 3 = 1/12).
+        start = torch.full((self.image_shape[0],), -math.log(2 * math.pi) / LOG_SCALE_SPEED)
+        self.log_scale = nn.Parameter(start) if self.likelihood.learned_scale else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters of q(z|x) = N(mu, exp(logvar)), each (B, latent_dim).
@@ -199,8 +208,13 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The parameters of p(x|z), (B, k C, H, W): Bernoulli logits (k = 1), or the discretised
-        logistics' means then log-scales (k = 2). `decode_means` gives pixel means."""
-        return self.decoder(z)
+        logistics' means then log-scales (k = 2; for `logistic_shared_scale`, `log_scale` at every
+        image and pixel). `decode_means` gives pixel means."""
+        output = self.decoder(z)
+        if self.log_scale is None:
+            return output
+        log_scale = (LOG_SCALE_SPEED * self.log_scale).to(output.dtype).view(1, -1, 1, 1)
+        return torch.cat([output, log_scale.expand_as(output)], dim=1)
 
     def decode_means(self, z: torch.Tensor) -> torch.Tensor:
         """E[x|z], the pixel means of p(x|z), in [0, 1], (B, C, H, W)."""

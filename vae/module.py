@@ -57,7 +57,8 @@ class VAEModule(LightningModule):
         image_shape: (channels, height, width) of the images. The command line takes it from the data; it
             is saved with the checkpoint, so a loaded model knows what it draws.
         likelihood: p(x|z) per sub-pixel (`vae.elbo.LIKELIHOODS`): "bernoulli" (logits; for binary or grey
-            MNIST) or "logistic", a discretised logistic per 8-bit value: a true likelihood of the bytes.
+            MNIST), "logistic", a discretised logistic per 8-bit value: a true likelihood of the bytes, or
+            "logistic_shared_scale", the same with one learned scale per channel (for one's own images).
         lr: Adam's (peak) learning rate.
         lr_schedule: "constant", or "cosine": from `lr` down to 0 over the run's planned steps
             (`max_epochs` or `max_steps`; a run cut short by `max_time` stops before the end).
