@@ -5,10 +5,12 @@
 writes into DIR (default: `<run>/export/` for a checkpoint in `<run>/checkpoints/`, else `export/`):
 
     encoder.pt2   x (B, C, H, W) floats in [0, 1] -> (mu, logvar), each (B, latent_dim): q(z|x)
-    decoder.pt2   z (B, latent_dim) -> the parameters of p(x|z): for the Bernoulli likelihood,
+    decoder.pt2   z (B, decoder_latent_dim) -> the parameters of p(x|z): for the Bernoulli likelihood,
                   logits (B, C, H, W), whose sigmoid is the pixel means; for the discretised
-                  logistic, (B, 2C, H, W), means then log-scales
-    export.json   latent_dim, image_shape [C, H, W], likelihood, what the decoder outputs
+                  logistic, (B, 2C, H, W), means then log-scales. z is the latent the prior N(0, I)
+                  draws: for a hierarchy (--model.upper_latent_dims), the top layer's, decoded through
+                  the mean of each layer below; else the encoder's (decoder_latent_dim = latent_dim)
+    export.json   latent_dim, decoder_latent_dim, image_shape [C, H, W], likelihood, what the decoder outputs
                   (decoder_output, from the likelihood in vae/elbo.py) and the checkpoint they came from
 
 Both are `torch.export` programs (any batch size B >= 1), loaded with `torch.export.load(path).module()`:
@@ -41,14 +43,14 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z -> logits: the decoder of a `VAE`, as one module to export."""
+    """z of the top layer -> the parameters of p(x|z) (`VAE.decode_top`), as one module to export."""
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
         self.vae = vae
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z)
+        return self.vae.decode_top(z)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def export(vae: VAE) -> tuple[torch.export.ExportedProgram, torch.export.ExportedProgram]:
     """(encoder, decoder) programs with a dynamic batch size."""
     batch = torch.export.Dim("batch", min=1)
-    x, z = torch.rand(2, *vae.image_shape), torch.randn(2, vae.latent_dim)
+    x, z = torch.rand(2, *vae.image_shape), torch.randn(2, vae.top_latent_dim)
     with torch.no_grad():
         encoder = torch.export.export(Encoder(vae), (x,), dynamic_shapes={"x": {0: batch}})
         decoder = torch.export.export(Decoder(vae), (z,), dynamic_shapes={"z": {0: batch}})
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> Path:
     torch.export.save(decoder, out / "decoder.pt2")
     about = {
         "latent_dim": vae.latent_dim,
+        "decoder_latent_dim": vae.top_latent_dim,
         "image_shape": list(vae.image_shape),
         "likelihood": module.hparams.likelihood,
         "decoder_output": vae.likelihood.decoder_output,

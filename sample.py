@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> Path:
         "reconstructions": reconstruction_grid(model, chosen[: args.n_samples]),
         "interpolations": interpolation_grid(model, chosen[:rows], chosen[rows : 2 * rows]),
     }
+    if model.top_latent_dim == 2:
+        pictures["manifold"] = manifold_grid(model)
     if model.latent_dim == 2:
-        pictures |= {"manifold": manifold_grid(model), "latent_scatter": latent_scatter(model, x, labels)}
+        pictures["latent_scatter"] = latent_scatter(model, x, labels)
     for name, picture in pictures.items():
         save_image(picture, out / f"{name}.png")
         print(out / f"{name}.png")

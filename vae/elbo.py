@@ -174,7 +174,7 @@ def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per image, analytic, summed over latent dimensions."""
-    return gaussian_kl_per_dim(mu, logvar).sum(1)
+    return gaussian_kl_per_dim(mu, logvar).sum(-1)
 
 
 def free_bits_kl(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
@@ -209,6 +209,12 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
 
 
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), the prior of a one-layer VAE, summed over the last (latent) dimension."""
+    zero = z.new_zeros(())
+    return gaussian_log_density(z, zero, zero)
+
+
 def log_weight_terms(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -216,18 +222,19 @@ def log_weight_terms(
     logvar: torch.Tensor,
     decode: Callable[[torch.Tensor], torch.Tensor],
     log_likelihood: LogLikelihood = bernoulli_log_likelihood,
+    log_prior: Callable[[torch.Tensor], torch.Tensor] = standard_normal_log_density,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(x|z), log p(z) - log q(z|x)) for k samples z (k, B, latent) of the B images x: each (k, B).
 
     Their sum is the log importance weight log w = log p(x|z) p(z) / q(z|x). Kept apart so that a
-    KL weight (warm-up) can scale the second term, as it scales the KL term of the ELBO.
+    KL weight (warm-up) can scale the second term, as it scales the KL term of the ELBO. `log_prior`
+    gives log p(z), or, for a hierarchy (`vae.hierarchy`), a one-sample estimate of it that makes w
+    the joint proposal's weight.
     """
     k = len(z)
     log_px_z = log_likelihood(decode(z.flatten(0, 1)), x.expand(k, *x.shape).flatten(0, 1))
-    zero = x.new_zeros(())
-    log_pz = gaussian_log_density(z, zero, zero)  # the prior N(0, I)
     log_qz = gaussian_log_density(z, mu, logvar)
-    return log_px_z.view(k, len(x)), log_pz - log_qz
+    return log_px_z.view(k, len(x)), log_prior(z) - log_qz
 
 
 def negative_iw_bound(log_w: torch.Tensor) -> torch.Tensor:
@@ -249,6 +256,7 @@ def importance_weighted_terms(
     chunk_size: int = 8192,
     generator: torch.Generator | None = None,
     log_likelihood: LogLikelihood = bernoulli_log_likelihood,
+    log_prior: Callable[[torch.Tensor], torch.Tensor] = standard_normal_log_density,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(nll, recon) per image, in nats, from one set of k samples z_i ~ q(z|x) = N(mu, exp(logvar)).
 
@@ -271,7 +279,7 @@ def importance_weighted_terms(
         )
         eps = eps.to(mu.device)  # one copy per chunk when the generator is elsewhere (a CPU one, a GPU model)
         z = mu + std * eps  # (n, B, latent)
-        log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, decode, log_likelihood)
+        log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, decode, log_likelihood, log_prior)
         log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_px_z + log_prior_ratio, 0))
         sum_log_px_z += log_px_z.sum(0)
     return -(log_sum_w - math.log(k)), -sum_log_px_z / k
@@ -286,6 +294,7 @@ def importance_weighted_nll(
     chunk_size: int = 8192,
     generator: torch.Generator | None = None,
     log_likelihood: LogLikelihood = bernoulli_log_likelihood,
+    log_prior: Callable[[torch.Tensor], torch.Tensor] = standard_normal_log_density,
 ) -> torch.Tensor:
     """-log p(x) per image, in nats, estimated with k importance samples from q(z|x) (Burda et al. 2015).
 
@@ -302,4 +311,4 @@ def importance_weighted_nll(
     tensor) at a time, so for a given generator state the result does not depend on `chunk_size`.
     """
     mu, logvar = encode(x)
-    return importance_weighted_terms(x, mu, logvar, decode, k, chunk_size, generator, log_likelihood)[0]
+    return importance_weighted_terms(x, mu, logvar, decode, k, chunk_size, generator, log_likelihood, log_prior)[0]

@@ -27,7 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vae.elbo import LIKELIHOODS, LikelihoodName
+from vae.elbo import LIKELIHOODS, LikelihoodName, standard_normal_log_density
+from vae.hierarchy import LatentHierarchy
 
 # A learned log-scale (`logistic_shared_scale`) is this many times its parameter: Adam moves a parameter
 # by about the learning rate per step, and the log-scale has to travel several units in a few hundred.
@@ -166,6 +167,8 @@ class VAE(nn.Module):
 
     `image_shape` (C, H, W) is the shape of the images; `likelihood` names p(x|z) in
     `vae.elbo.LIKELIHOODS` and fixes how many outputs per sub-pixel the decoder has.
+    `upper_latent_dims` adds stochastic layers above z (`vae.hierarchy`), bottom to top: then p(z) is
+    theirs, and the prior's N(0, I) is on the top layer, of `top_latent_dim` dimensions.
     """
 
     def __init__(
@@ -175,9 +178,11 @@ class VAE(nn.Module):
         arch: Architecture = "mlp",
         image_shape: tuple[int, int, int] = (1, 28, 28),
         likelihood: LikelihoodName = "bernoulli",
+        upper_latent_dims: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.latent_dim, self.image_shape = latent_dim, _checked_shape(image_shape)
+        self.top_latent_dim = upper_latent_dims[-1] if upper_latent_dims else latent_dim
         self.likelihood = LIKELIHOODS[likelihood]
         out_channels = (self.likelihood.outputs_per_channel - self.likelihood.learned_scale) * self.image_shape[0]
         self.encoder, self.decoder = ARCHITECTURES[arch](hidden_dim, latent_dim, self.image_shape, out_channels)
@@ -191,6 +196,8 @@ class VAE(nn.Module):
         # as wide as a value spread evenly over [0, 1] (a logistic's variance (pi s)^2 / 3 = 1/12).
         start = torch.full((self.image_shape[0],), -math.log(2 * math.pi) / LOG_SCALE_SPEED)
         self.log_scale = nn.Parameter(start) if self.likelihood.learned_scale else None
+        # Last: the layers below draw the same initial weights as a one-layer VAE's from the same seed.
+        self.hierarchy = LatentHierarchy((latent_dim, *upper_latent_dims)) if upper_latent_dims else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters of q(z|x) = N(mu, exp(logvar)), each (B, latent_dim).
@@ -220,6 +227,20 @@ class VAE(nn.Module):
         """E[x|z], the pixel means of p(x|z), in [0, 1], (B, C, H, W)."""
         return self.likelihood.pixel_means(self.decode(z))
 
+    def decode_top(self, z_top: torch.Tensor) -> torch.Tensor:
+        """The parameters of p(x|z) for a z of the top layer (B, top_latent_dim): with upper layers, through
+        the mean of each p(z_{l-1}|z_l) down to z; without, `decode` itself. What traversals, the manifold
+        and the exported decoder use: the prior's N(0, I) is on the top layer."""
+        if self.hierarchy is None:
+            return self.decode(z_top)
+        return self.decode(self.hierarchy.down_from_top(z_top, sample=False))
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of z (..., latent_dim): N(0, I)'s, or the upper layers' one-sample estimate (`vae.hierarchy`)."""
+        if self.hierarchy is None:
+            return standard_normal_log_density(z)
+        return self.hierarchy.log_prior(z)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One stochastic pass: (decoder output, mu, logvar)."""
         mu, logvar = self.encode(x)
@@ -246,12 +267,16 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n images from the prior, as pixel means in [0, 1], (n, C, H, W).
+        """n images from the prior, as pixel means in [0, 1], (n, C, H, W); with upper layers, z drawn
+        down the hierarchy from its top (ancestral sampling).
 
         z is drawn on the generator's device and then moved to the model's (and its dtype), so a CPU
         generator works with a model on a GPU, and a seed gives the same z wherever the model is.
         """
         weight = next(self.parameters())
         noise_device = weight.device if generator is None else generator.device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=noise_device)
-        return self.decode_means(z.to(weight.device, weight.dtype))
+        z = torch.randn(n, self.top_latent_dim, generator=generator, device=noise_device)
+        z = z.to(weight.device, weight.dtype)
+        if self.hierarchy is not None:
+            z = self.hierarchy.down_from_top(z, generator)
+        return self.decode_means(z)

@@ -52,7 +52,11 @@ class VAEModule(LightningModule):
 
     Args:
         hidden_dim: width of the encoder's and the decoder's hidden layer.
-        latent_dim: dimensions of z.
+        latent_dim: dimensions of z, the latent layer the encoder gives and the decoder reads.
+        upper_latent_dims: stochastic layers above z, bottom to top (`vae.hierarchy`; Burda et al. 2015's
+            two-layer VAE is `--model.latent_dim 100 --model.upper_latent_dims [50]`); empty: one layer.
+            Validation logs each layer's KL term (`val/kl_z1`, `val/kl_z2`, ...) and the active units of
+            each layer above z (`val/active_units_z2`, ...).
         arch: "mlp" (the classic 784-hidden-latent network), "conv" or "resnet" (see `vae.model`).
         image_shape: (channels, height, width) of the images. The command line takes it from the data; it
             is saved with the checkpoint, so a loaded model knows what it draws.
@@ -89,7 +93,7 @@ class VAEModule(LightningModule):
     # Options that say how to evaluate or run, not what was trained: never taken from a checkpoint (`vae.cli`).
     EVALUATION_SETTINGS = ("iw_samples", "compile", "matmul_precision")
     # Options that fix the shapes of the weights: a checkpoint's weights fit no other values of them.
-    WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim", "likelihood")
+    WEIGHT_SHAPE_OPTIONS = ("arch", "hidden_dim", "latent_dim", "likelihood", "upper_latent_dims")
 
     def __init__(
         self,
@@ -108,6 +112,7 @@ class VAEModule(LightningModule):
         train_iw_samples: int = 1,
         compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = False,
         matmul_precision: Literal["highest", "high", "medium"] = "highest",
+        upper_latent_dims: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         for name, value in (("hidden_dim", hidden_dim), ("latent_dim", latent_dim), ("lr", lr)):
@@ -122,21 +127,36 @@ class VAEModule(LightningModule):
                 f"--model.free_bits must be >= 0 and --model.train_iw_samples >= 1 (1: the ELBO), "
                 f"got {free_bits} and {train_iw_samples}."
             )
+        if not all(size > 0 for size in upper_latent_dims):
+            raise ValueError(
+                f"--model.upper_latent_dims must be positive sizes, e.g. [50], got {list(upper_latent_dims)}."
+            )
+        if free_bits and upper_latent_dims:
+            raise ValueError(
+                "--model.free_bits needs the analytic KL of each latent dimension, which a hierarchy "
+                "(--model.upper_latent_dims) does not have: set one of them, not both."
+            )
         if free_bits and train_iw_samples > 1:
             raise ValueError(
                 "--model.free_bits applies to the KL term of the ELBO, which the importance-weighted bound "
                 "(--model.train_iw_samples > 1) does not have: set one of them, not both."
             )
         self.save_hyperparameters()
-        self.model = VAE(hidden_dim, latent_dim, arch, image_shape, likelihood)
+        self.model = VAE(hidden_dim, latent_dim, arch, image_shape, likelihood, tuple(upper_latent_dims))
         self.log_likelihood = self.model.likelihood.log_likelihood
+        self.layers = 1 + len(upper_latent_dims)
+        layer_kl = [f"kl_z{layer}" for layer in range(1, self.layers + 1)] if upper_latent_dims else []
         self.metrics = nn.ModuleDict(
             {
-                "val": nn.ModuleDict({term: _mean() for term in TERMS}),
+                "val": nn.ModuleDict({term: _mean() for term in (*TERMS, *layer_kl)}),
                 "test": nn.ModuleDict({term: _mean() for term in (*TERMS, "nll", "nll_bpd")}),
             }
         )
-        self.latent_usage = nn.ModuleDict({stage: LatentUsage(latent_dim) for stage in ("val", "test")})
+        # z's usage; then, for a hierarchy, that of each layer above it ("z2", ...)
+        dims = {"": latent_dim} | {f"_z{layer}": d for layer, d in enumerate(upper_latent_dims, start=2)}
+        self.latent_usage = nn.ModuleDict(
+            {f"{stage}{layer}": LatentUsage(d) for stage in ("val", "test") for layer, d in dims.items()}
+        )
         self._decode = self.model.decode  # compiled in a compiled run (`configure_model`)
 
     def configure_callbacks(self) -> list[Callback]:
@@ -195,14 +215,30 @@ class VAEModule(LightningModule):
         if k > 1:
             mu, logvar = self.model.encode(x)
             z = self.model.reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, B, latent)
-            log_px_z, log_prior_ratio = log_weight_terms(x, z, mu, logvar, self._decode, self.log_likelihood)
+            log_px_z, log_prior_ratio = log_weight_terms(
+                x, z, mu, logvar, self._decode, self.log_likelihood, self.model.log_prior
+            )
             objective = negative_iw_bound(log_px_z + weight * log_prior_ratio).mean()
-            return -log_px_z.mean(0) + gaussian_kl(mu, logvar), objective
-        output, mu, logvar = self.model(x)
-        loss, recon, kl = negative_elbo(output, x, mu, logvar, self.log_likelihood)
+            kl = gaussian_kl(mu, logvar) if self.model.hierarchy is None else -log_prior_ratio.mean(0)
+            return -log_px_z.mean(0) + kl, objective
+        loss, recon, kl, _, mu, logvar = self._negative_elbo(x)
         if self.hparams.free_bits:
             return loss, recon.mean() + weight * free_bits_kl(mu, logvar, self.hparams.free_bits)
         return loss, loss.mean() if weight == 1 else (recon + weight * kl).mean()
+
+    def _negative_elbo(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(loss, recon, kl, kl of each layer (B, layers), mu, logvar) per image, from one stochastic pass.
+        One layer: the KL is analytic. A hierarchy (`vae.hierarchy`): one-sample terms, the top's analytic."""
+        if self.model.hierarchy is None:
+            output, mu, logvar = self.model(x)
+            loss, recon, kl = negative_elbo(output, x, mu, logvar, self.log_likelihood)
+            return loss, recon, kl, kl.unsqueeze(-1), mu, logvar
+        mu, logvar = self.model.encode(x)
+        z = self.model.reparameterize(mu, logvar)
+        recon = -self.log_likelihood(self._decode(z), x)
+        kl_per_layer = self.model.hierarchy.kl_per_layer(z, mu, logvar)
+        kl = kl_per_layer.sum(-1)
+        return recon + kl, recon, kl, kl_per_layer, mu, logvar
 
     def _kl_weight(self) -> float:
         """beta, ramped up linearly over the first `kl_warmup_epochs` epochs, optimiser step by optimiser step
@@ -217,8 +253,11 @@ class VAEModule(LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """The negative ELBO of each image from one stochastic pass."""
         x, _ = batch
-        output, mu, logvar = self.model(x)
-        self._log_elbo("val", negative_elbo(output, x, mu, logvar, self.log_likelihood), mu, logvar)
+        loss, recon, kl, kl_per_layer, mu, logvar = self._negative_elbo(x)
+        self._log_elbo("val", (loss, recon, kl), mu, logvar)
+        if self.model.hierarchy is not None:
+            for layer in range(self.layers):
+                self._log_mean("val", f"kl_z{layer + 1}", kl_per_layer[:, layer])
 
     def on_test_start(self) -> None:
         k = self.hparams.iw_samples
@@ -246,12 +285,21 @@ class VAEModule(LightningModule):
         """Each image's q(z|x) (`mu`, `logvar`), negative ELBO (`loss` = `recon` + `kl`) and, with `iw_samples`
         > 0, `nll`: then `recon` averages the same k samples as `nll`, so `loss` is not one draw's noise."""
         mu, logvar = self.model.encode(x)
-        k, kl = self.hparams.iw_samples, gaussian_kl(mu, logvar)
+        k, kl = self.hparams.iw_samples, self._kl(mu, logvar)
         if k:
-            nll, recon = importance_weighted_terms(x, mu, logvar, self._decode, k, log_likelihood=self.log_likelihood)
+            nll, recon = importance_weighted_terms(
+                x, mu, logvar, self._decode, k, log_likelihood=self.log_likelihood, log_prior=self.model.log_prior
+            )
             return {"mu": mu, "logvar": logvar, "loss": recon + kl, "recon": recon, "kl": kl, "nll": nll}
         recon = -self.log_likelihood(self._decode(self.model.reparameterize(mu, logvar)), x)
         return {"mu": mu, "logvar": logvar, "loss": recon + kl, "recon": recon, "kl": kl}
+
+    def _kl(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per image: analytic for one layer; for a hierarchy, the sum of its layers'
+        terms from one draw (`vae.hierarchy`), which the 10,000 test images average."""
+        if self.model.hierarchy is None:
+            return gaussian_kl(mu, logvar)
+        return self.model.hierarchy.kl_per_layer(self.model.reparameterize(mu, logvar), mu, logvar).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior, as pixel means in [0, 1], (n, C, H, W)."""
@@ -275,6 +323,9 @@ class VAEModule(LightningModule):
         for term, values in zip(TERMS, terms, strict=True):
             self._log_mean(stage, term, values, prog_bar=term == "loss")
         self.latent_usage[stage].update(mu, logvar)
+        if self.model.hierarchy is not None:
+            for layer, posterior in enumerate(self.model.hierarchy.upper_posteriors(mu), start=2):
+                self.latent_usage[f"{stage}_z{layer}"].update(*posterior)
 
     def _log_mean(self, stage: str, term: str, values: torch.Tensor, prog_bar: bool = False) -> None:
         """`<stage>/<term>`, the mean of each image's value over the epoch."""
@@ -290,11 +341,19 @@ class VAEModule(LightningModule):
         self._log_latent_usage("test")
 
     def _log_latent_usage(self, stage: str) -> None:
-        """`<stage>/active_units` and the KL of each latent dimension, `<stage>_kl_per_dim/zNN`."""
+        """`<stage>/active_units` and the KL of each latent dimension, `<stage>_kl_per_dim/zNN`; for a
+        hierarchy, the active units of each layer above z (`<stage>/active_units_z2`, ...) and no KL per
+        dimension (the KL of z is not to N(0, I) there)."""
+        for layer in range(2, self.layers + 1):
+            upper = self.latent_usage[f"{stage}_z{layer}"]
+            self.log(f"{stage}/active_units_z{layer}", upper.compute()[0].float())
+            upper.reset()
         usage = self.latent_usage[stage]
         active, kl_per_dim = usage.compute()
         usage.reset()
         self.log(f"{stage}/active_units", active.float())
+        if self.model.hierarchy is not None:
+            return
         # kept out of Lightning's printed tables; `KLPerDimensionToLoggers` sends them to the loggers
         per_dim = {f"{stage}_kl_per_dim/z{u:02d}": kl for u, kl in enumerate(kl_per_dim)}
         self.log_dict(per_dim, logger=False)

@@ -53,12 +53,12 @@ def manifold_grid(model: VAE, n: int = 20) -> torch.Tensor:
     The grid points are the prior's quantiles (i + 0.5) / n through the normal inverse CDF, so
     every cell covers the same prior probability. z1 runs left to right, z2 bottom to top.
     """
-    if model.latent_dim != 2:
-        raise ValueError(f"a latent manifold needs latent_dim 2, this model has {model.latent_dim}.")
+    if model.top_latent_dim != 2:
+        raise ValueError(f"a latent manifold needs a top latent layer of 2, this model has {model.top_latent_dim}.")
     weight = next(model.parameters())
     q = torch.special.ndtri((torch.arange(n, device=weight.device) + 0.5) / n).to(weight.dtype)
     z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
-    return image_grid(model.decode_means(torch.stack([z1, z2], -1).view(-1, 2)), nrow=n)
+    return image_grid(model.likelihood.pixel_means(model.decode_top(torch.stack([z1, z2], -1).view(-1, 2))), nrow=n)
 
 
 @torch.no_grad()
@@ -113,10 +113,11 @@ def points_scatter(points: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, 
 
 @torch.no_grad()
 def traversal_grid(model: VAE, dims: list[int], values: torch.Tensor) -> torch.Tensor:
-    """One row per latent dimension in `dims`: z = 0 (the prior's mean) with that dimension set to each of
-    `values` in turn, decoded. What each dimension changes in an image, read left to right."""
+    """One row per latent dimension in `dims` of the top layer (z itself for one layer): z = 0 (the prior's
+    mean) with that dimension set to each of `values` in turn, decoded. What each dimension changes in an
+    image, read left to right."""
     device = next(model.parameters()).device
-    z = torch.zeros(len(dims), len(values), model.latent_dim, device=device)
+    z = torch.zeros(len(dims), len(values), model.top_latent_dim, device=device)
     for row, dim in enumerate(dims):
         z[row, :, dim] = values.to(device)
-    return image_grid(model.decode_means(z.flatten(0, 1)), nrow=len(values))
+    return image_grid(model.likelihood.pixel_means(model.decode_top(z.flatten(0, 1))), nrow=len(values))

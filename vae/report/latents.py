@@ -61,8 +61,15 @@ def latents(
         ("active units", numbers["active_units"],
          f"of {model.latent_dim}: dimensions whose posterior mean moves with the input"),
         ("KL per dimension", numbers["kl_per_dim"], "nats, test set average, z00 first"),
-        ("traversed, most informative first", informative, "rows of the traversal picture"),
     ]  # fmt: skip
+    if model.hierarchy is not None:  # the traversals are of the top layer, whose prior is N(0, I)
+        top = LatentUsage(model.top_latent_dim)
+        top.update(*model.hierarchy.upper_posteriors(mu.to(next(model.parameters()).device))[-1])
+        top_active, top_kl = top.compute()
+        informative = top_kl.argsort(descending=True)[: int(top_active)].tolist()
+        numbers |= {"top_latent_dim": model.top_latent_dim, "top_active_units": int(top_active)}
+        rows.append(("active units of the top layer", int(top_active), f"of {model.top_latent_dim}"))
+    rows.append(("traversed, most informative first", informative, "rows of the traversal picture"))
     notes = []
     if train_mu is not None:
         numbers["linear_probe_accuracy"] = round(linear_probe_accuracy(train_mu, train_labels, mu, test_labels), 4)
