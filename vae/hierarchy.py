@@ -48,7 +48,7 @@ class LatentHierarchy(nn.Module):
     def __init__(self, dims: tuple[int, ...]) -> None:
         super().__init__()
         self.dims = tuple(dims)
-        pairs = list(zip(self.dims[:-1], self.dims[1:]))
+        pairs = list(zip(self.dims[:-1], self.dims[1:], strict=True))
         self.up = nn.ModuleList(gaussian_layer(lower, upper, lower) for lower, upper in pairs)
         self.down = nn.ModuleList(gaussian_layer(upper, lower, lower) for lower, upper in pairs)
 
@@ -66,11 +66,11 @@ class LatentHierarchy(nn.Module):
         one-sample estimates below the top, the top's KL to N(0, I) analytic. They sum to the KL term."""
         zs, posteriors = self._sample_up(z1)
         log_q = [gaussian_log_density(z1, mu, logvar)]
-        log_q += [gaussian_log_density(z, m, lv) for z, (m, lv) in zip(zs[1:-1], posteriors[:-1])]
+        log_q += [gaussian_log_density(z, m, lv) for z, (m, lv) in zip(zs[1:-1], posteriors[:-1], strict=True)]
         terms = []
-        for l, down in enumerate(self.down):  # p(z_l | z_{l+1}) for l = 1 .. L-1
-            prior_mu, prior_logvar = down(zs[l + 1]).chunk(2, dim=-1)
-            terms.append(log_q[l] - gaussian_log_density(zs[l], prior_mu, prior_logvar))
+        for i, down in enumerate(self.down):  # p(z_l | z_{l+1}) for l = i + 1 = 1 .. L-1
+            prior_mu, prior_logvar = down(zs[i + 1]).chunk(2, dim=-1)
+            terms.append(log_q[i] - gaussian_log_density(zs[i], prior_mu, prior_logvar))
         terms.append(gaussian_kl(*posteriors[-1]))
         return torch.stack(terms, dim=-1)
 
@@ -83,10 +83,10 @@ class LatentHierarchy(nn.Module):
         zs, posteriors = self._sample_up(z1)
         zero = z1.new_zeros(())
         total = gaussian_log_density(zs[-1], zero, zero)
-        for l, down in enumerate(self.down):
-            prior_mu, prior_logvar = down(zs[l + 1]).chunk(2, dim=-1)
-            total = total + gaussian_log_density(zs[l], prior_mu, prior_logvar)
-            total = total - gaussian_log_density(zs[l + 1], *posteriors[l])
+        for i, down in enumerate(self.down):
+            prior_mu, prior_logvar = down(zs[i + 1]).chunk(2, dim=-1)
+            total = total + gaussian_log_density(zs[i], prior_mu, prior_logvar)
+            total = total - gaussian_log_density(zs[i + 1], *posteriors[i])
         return total
 
     def upper_posteriors(self, z1: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
