@@ -132,9 +132,10 @@ def test_a_two_layer_vae_fits_resumes_bit_identically_tests_samples_exports_and_
         assert torch.equal(value, resumed["state_dict"][key]), key
 
     ckpt = str(tmp_path / "resumed/lightning_logs/version_0/checkpoints/last.ckpt")
-    run_cli(
-        "test", "--ckpt_path", ckpt, "--model.iw_samples", "3", "--trainer.limit_test_batches", "2", data_dir=data_dir
-    )
+    with pytest.raises(SystemExit, match="holds a model with upper_latent_dims=.3., but --model.upper_latent_dims"):
+        run_cli("test", "--ckpt_path", ckpt, "--model.upper_latent_dims", "[2]", data_dir=data_dir)
+    test = ["--model.upper_latent_dims", "[3]", "--model.iw_samples", "3", "--trainer.limit_test_batches", "2"]
+    run_cli("test", "--ckpt_path", ckpt, *test, data_dir=data_dir)
     record = json.loads((tmp_path / "resumed/lightning_logs/version_0/test_metrics.json").read_text())
     metrics = record["metrics"]
     assert record["hparams"]["upper_latent_dims"] == [3]

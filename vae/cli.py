@@ -105,6 +105,13 @@ class SaveRunConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+def _same_value(given, saved) -> bool:
+    """An option's value equals a checkpoint's: a tuple from the command line and a list from the saved YAML alike."""
+    if isinstance(given, list | tuple) and isinstance(saved, list | tuple):
+        return list(given) == list(saved)
+    return given == saved
+
+
 class VAECLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
         quiet_console()
@@ -251,7 +258,7 @@ class VAECLI(LightningCLI):
         """The checkpoint's architecture is the default now, so another one was asked for explicitly."""
         trained = saved.get("hyper_parameters", {})
         for name in WEIGHT_SHAPE_OPTIONS:
-            if name in trained and config.model[name] != trained[name]:
+            if name in trained and not _same_value(config.model[name], trained[name]):
                 raise CheckpointError(
                     f"--ckpt_path {checkpoint} holds a model with {name}={trained[name]}, but --model.{name} "
                     f"{config.model[name]} was given. A checkpoint's weights only fit its own architecture: drop "
