@@ -29,6 +29,7 @@ def test_a_slim_checkpoint_tests_to_the_same_numbers_and_samples_and_exports(cop
 
 
 def test_slim_says_in_one_line_when_the_checkpoint_is_missing(tmp_path):
-    with pytest.raises(SystemExit, match="^error: .*missing.ckpt is not a file: give a checkpoint written by train.py.$"):
+    said = "^error: .*missing.ckpt is not a file: give a checkpoint written by train.py.$"
+    with pytest.raises(SystemExit, match=said):
         slim.main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out.ckpt")])
     assert not (tmp_path / "out.ckpt").exists()
