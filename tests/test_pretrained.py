@@ -1,7 +1,11 @@
 """pretrained/: slim checkpoints (weights, options, random states) that every command reads as a full one."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 import export
 import sample
@@ -33,3 +37,22 @@ def test_slim_says_in_one_line_when_the_checkpoint_is_missing(tmp_path):
     with pytest.raises(SystemExit, match=said):
         slim.main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out.ckpt")])
     assert not (tmp_path / "out.ckpt").exists()
+
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
+
+
+def test_every_committed_checkpoint_is_slim_and_holds_the_model_its_readme_row_says_trained_it():
+    checkpoints = sorted(PRETRAINED.glob("*.ckpt"))
+    assert checkpoints, "pretrained/ holds no checkpoint"
+    rows = [line for line in (PRETRAINED / "README.md").read_text().splitlines() if line.startswith("| `")]
+    for path in checkpoints:
+        (row,) = [line for line in rows if line.startswith(f"| `{path.name}`")]
+        config = yaml.safe_load((PRETRAINED.parent / re.search(r"--config (\S+\.yaml)", row)[1]).read_text())
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+        assert not set(slim.TRAINING_ONLY) & set(kept) and path.stat().st_size < 5e6
+        seed = int(re.search(r"--seed_everything (\d+)", row)[1])
+        for name, value in config["model"].items():
+            assert kept["hyper_parameters"][name] == value, (path.name, name)
+        assert kept["datamodule_hyper_parameters"]["binarize"] == config["data"]["binarize"]
+        assert path.name.endswith(f"seed{seed}.ckpt"), "the file's name says the seed of the command in its row"
