@@ -96,7 +96,7 @@ def test_interpolation_rows_run_from_one_posterior_mean_to_the_other():
 
 def test_2d_pictures_refuse_other_latent_sizes():
     model = VAE(hidden_dim=16, latent_dim=3)
-    with pytest.raises(ValueError, match="latent_dim 2"):
+    with pytest.raises(ValueError, match="needs a top latent layer of 2, this model has 3"):
         manifold_grid(model)
     with pytest.raises(ValueError, match="latent_dim 2"):
         latent_scatter(model, torch.rand(4, 1, 28, 28), torch.arange(4))
