@@ -204,6 +204,11 @@ def negative_elbo(
     return recon + kl, recon, kl
 
 
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """A differentiable draw z ~ N(mu, exp(logvar)): the noise is outside the graph."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
 def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, exp(logvar)), diagonal, summed over the last (latent) dimension."""
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)

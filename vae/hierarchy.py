@@ -23,7 +23,7 @@ i.e. `log_prior` below in place of log N(z; 0, I) (docs/hierarchy.md has the der
 import torch
 from torch import nn
 
-from vae.elbo import gaussian_kl, gaussian_log_density
+from vae.elbo import gaussian_kl, gaussian_log_density, reparameterize
 
 
 def gaussian_layer(n_in: int, n_out: int, hidden: int) -> nn.Module:
@@ -31,11 +31,6 @@ def gaussian_layer(n_in: int, n_out: int, hidden: int) -> nn.Module:
     return nn.Sequential(
         nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 2 * n_out)
     )  # fmt: skip
-
-
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """A differentiable draw from N(mu, exp(logvar))."""
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
 
 class LatentHierarchy(nn.Module):

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vae.elbo import LIKELIHOODS, LikelihoodName, standard_normal_log_density
+from vae.elbo import LIKELIHOODS, LikelihoodName, reparameterize, standard_normal_log_density
 from vae.hierarchy import LatentHierarchy
 
 # A learned log-scale (`logistic_shared_scale`) is this many times its parameter: Adam moves a parameter
@@ -208,10 +208,7 @@ class VAE(nn.Module):
         h = self.encoder(x.to(self.to_mu.weight.dtype))
         return self.to_mu(h), self.to_logvar(h)
 
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """A differentiable draw z ~ N(mu, exp(logvar)): the noise is outside the graph."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    reparameterize = staticmethod(reparameterize)  # z ~ N(mu, exp(logvar)), differentiable (`vae.elbo`)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The parameters of p(x|z), (B, k C, H, W): Bernoulli logits (k = 1), or the discretised
