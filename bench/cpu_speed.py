@@ -10,6 +10,7 @@ dynamically binarised MNIST, batch 128). A variant is one change to how its step
     recipe           `python train.py --config configs/cpu_30min.yaml` as it is: the reference (1.00)
     no-progress-bar  --trainer.enable_progress_bar false
     compile          --model.compile true (torch.compile of the ELBO step: Inductor's C++ code on a CPU)
+    bf16-mixed       --trainer.precision bf16-mixed (fast only where the CPU has bfloat16 instructions)
     threads-1        torch.set_num_threads(1) (PyTorch's default is a thread per core)
     plain-loop       the same model, loss, data and fused Adam in a plain PyTorch loop, no Trainer:
                      the most that fewer Python steps per batch could gain
@@ -43,6 +44,7 @@ TRAINER = {
     "recipe": [],
     "no-progress-bar": ["--trainer.enable_progress_bar=false"],
     "compile": ["--model.compile=true"],
+    "bf16-mixed": ["--trainer.precision=bf16-mixed"],
     "threads-1": [],
 }
 PLAIN = {"plain-loop": {"fused": True}, "plain-foreach": {"foreach": True}, "plain-for-loop": {"foreach": False}}

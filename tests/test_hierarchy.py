@@ -111,7 +111,9 @@ def test_upper_layers_with_free_bits_or_of_no_size_are_refused_in_one_line(
 def test_a_two_layer_vae_fits_resumes_bit_identically_tests_samples_exports_and_reports(
     tmp_path, monkeypatch, data_dir
 ):
-    two_layers = ["--model.upper_latent_dims", "[3]", "--trainer.max_epochs", "2"]
+    # with the CPU recipe's other options (configs/cpu_30min.yaml): fresh binary draws, a cosine schedule
+    two_layers = ["--model.upper_latent_dims", "[3]", "--trainer.max_epochs", "2", "--data.binarize", "dynamic"]
+    two_layers += ["--model.lr_schedule", "cosine"]
     (tmp_path / "whole").mkdir()
     monkeypatch.chdir(tmp_path / "whole")
     cli = run_cli("fit", *two_layers, data_dir=data_dir)

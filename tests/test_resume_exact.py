@@ -108,3 +108,22 @@ def test_a_save_due_on_an_epochs_last_step_is_made_at_the_epochs_end(tmp_path, m
             "--trainer.check_val_every_n_epoch=2",
         )
     assert final_state(tmp_path)["global_step"] == 18
+
+
+def test_a_run_with_a_learning_rate_schedule_resumes_mid_epoch_at_the_batch_it_stopped_at(
+    tmp_path, monkeypatch, data_dir
+):
+    """The cosine schedule asks for the fit's length in `configure_optimizers`, before the checkpoint is
+    restored; Lightning then forgot the loader's position (its issue #20550) and the resumed epoch began
+    with batches already trained on (`vae.lightning_internals.stepping_batches`)."""
+    train(tmp_path / "a", monkeypatch, data_dir, "--model.lr_schedule", "cosine")
+    crash = ["--trainer.callbacks+=tests.test_resume_exact.CrashAtStep", "--trainer.callbacks.init_args.step=7"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tmp_path / "b", monkeypatch, data_dir, "--model.lr_schedule", "cosine", *crash)  # saved at step 5
+    train(tmp_path / "b", monkeypatch, data_dir, "--ckpt_path", "last")
+
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert a["global_step"] == b["global_step"] == 36
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key

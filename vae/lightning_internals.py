@@ -36,6 +36,19 @@ def logging_step(trainer: Trainer) -> int:
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
+def stepping_batches(trainer: Trainer) -> int:
+    """`trainer.estimated_stepping_batches`, the optimiser steps of the whole fit, without its side effect on
+    resume: asked for before the checkpoint is restored (in `configure_optimizers`), it builds the training
+    loader, and Lightning then never hands that loader its saved position (Lightning issue #20550), so a
+    run resumed mid-epoch would start the epoch's batches over. The loader it built (the fit loop's private
+    `_combined_loader`) is dropped: the fit loop builds it again after the restore, and restores it."""
+    built = trainer.fit_loop._combined_loader is not None
+    steps = trainer.estimated_stepping_batches
+    if not built:
+        trainer.fit_loop._combined_loader = None
+    return steps
+
+
 def summary_table(
     total_parameters: int,
     trainable_parameters: int,

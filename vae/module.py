@@ -34,6 +34,7 @@ from vae.elbo import (
     negative_iw_bound,
 )
 from vae.latents import LatentUsage
+from vae.lightning_internals import stepping_batches
 from vae.model import VAE, Architecture
 from vae.precision import PrecisionPolicy, float32_default_dtype
 from vae.random_states import RandomStates
@@ -314,7 +315,7 @@ class VAEModule(LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
         if self.hparams.lr_schedule == "constant":
             return optimizer
-        steps = self.trainer.estimated_stepping_batches
+        steps = stepping_batches(self.trainer)  # not `trainer.estimated_stepping_batches`: see there
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
