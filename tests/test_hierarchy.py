@@ -153,3 +153,5 @@ def test_a_two_layer_vae_fits_resumes_bit_identically_tests_samples_exports_and_
     page = report.main(["--ckpt_path", ckpt, "--data_dir", str(data_dir), "--iw_samples", "2", "--n_samples", "64"])
     numbers = json.loads((page / "report.json").read_text())
     assert numbers["latents"]["top_latent_dim"] == 3
+    # z's KL to N(0, 1) per dimension would not be the model's: the report gives the top layer's
+    assert "kl_per_dim" not in numbers["latents"] and len(numbers["latents"]["top_kl_per_dim"]) == 3

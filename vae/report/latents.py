@@ -52,23 +52,26 @@ def latents(
     usage.update(mu, logvar)
     active, kl_per_dim = usage.compute()
     informative = kl_per_dim.argsort(descending=True)[: int(active)].tolist()
-    numbers = {
-        "latent_dim": model.latent_dim,
-        "active_units": int(active),
-        "kl_per_dim": [round(float(v), 2) for v in kl_per_dim],
-    }
+    numbers = {"latent_dim": model.latent_dim, "active_units": int(active)}
     rows = [
         ("active units", numbers["active_units"],
          f"of {model.latent_dim}: dimensions whose posterior mean moves with the input"),
-        ("KL per dimension", numbers["kl_per_dim"], "nats, test set average, z00 first"),
     ]  # fmt: skip
-    if model.hierarchy is not None:  # the traversals are of the top layer, whose prior is N(0, I)
+    if model.hierarchy is None:
+        numbers["kl_per_dim"] = [round(float(v), 2) for v in kl_per_dim]
+        rows.append(("KL per dimension", numbers["kl_per_dim"], "nats, test set average, z00 first"))
+    else:  # z's prior is the layers above, not N(0, I): the KL per dimension and the traversals are the top's
         top = LatentUsage(model.top_latent_dim)
         top.update(*model.hierarchy.upper_posteriors(mu.to(next(model.parameters()).device))[-1])
         top_active, top_kl = top.compute()
         informative = top_kl.argsort(descending=True)[: int(top_active)].tolist()
         numbers |= {"top_latent_dim": model.top_latent_dim, "top_active_units": int(top_active)}
-        rows.append(("active units of the top layer", int(top_active), f"of {model.top_latent_dim}"))
+        numbers["top_kl_per_dim"] = [round(float(v), 2) for v in top_kl]
+        rows += [
+            ("active units of the top layer", int(top_active), f"of {model.top_latent_dim}"),
+            ("KL per dimension of the top layer", numbers["top_kl_per_dim"],
+             "nats, to its prior N(0, I), the layers below at their means, test set average, z00 first"),
+        ]  # fmt: skip
     rows.append(("traversed, most informative first", informative, "rows of the traversal picture"))
     notes = []
     if train_mu is not None:
@@ -89,7 +92,8 @@ def latents(
     if informative:
         pictures["traversals"] = (
             traversal_grid(model, informative, TRAVERSAL),
-            "latent traversals: z = 0, one dimension from -3 to 3 per row",
+            f"latent traversals{' of the top layer' if model.hierarchy is not None else ''}: "
+            "z = 0, one dimension from -3 to 3 per row",
         )
     points = mu if model.latent_dim == 2 else principal_components(mu)
     scatter = "posterior means" if model.latent_dim == 2 else "posterior means on their first two principal axes"
