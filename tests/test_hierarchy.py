@@ -155,3 +155,18 @@ def test_a_two_layer_vae_fits_resumes_bit_identically_tests_samples_exports_and_
     assert numbers["latents"]["top_latent_dim"] == 3
     # z's KL to N(0, 1) per dimension would not be the model's: the report gives the top layer's
     assert "kl_per_dim" not in numbers["latents"] and len(numbers["latents"]["top_kl_per_dim"]) == 3
+
+
+@pytest.mark.parametrize("arch", ["conv", "resnet"])
+def test_the_convolutional_networks_take_layers_above_z_too(tmp_path, monkeypatch, data_dir, arch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli("fit", "--model.arch", arch, "--model.upper_latent_dims", "[3]", "--trainer.max_epochs", "1",
+                  data_dir=data_dir)  # fmt: skip
+    logged = cli.trainer.logged_metrics
+    assert logged["val/kl"].item() == pytest.approx((logged["val/kl_z1"] + logged["val/kl_z2"]).item(), rel=1e-5)
+    ckpt = str(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt")
+    run_cli(
+        "test", "--ckpt_path", ckpt, "--model.iw_samples", "3", "--trainer.limit_test_batches", "1", data_dir=data_dir
+    )
+    metrics = json.loads((tmp_path / "lightning_logs/version_0/test_metrics.json").read_text())["metrics"]
+    assert math.isfinite(metrics["test/nll"]) and metrics["test/nll"] <= metrics["test/loss"] + 1.0
